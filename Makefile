@@ -1,0 +1,17 @@
+# The two commands of the README: `make run` and `make test`. Both install what is missing first.
+.PHONY: setup run test bench lint
+
+setup:
+	bash scripts/setup.sh
+
+run: setup
+	bash scripts/run-local.sh
+
+test: setup
+	bash scripts/test.sh
+
+bench: setup
+	.venv/bin/python bench/mqtt_throughput.py
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && bash scripts/typecheck.sh

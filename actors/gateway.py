@@ -1,0 +1,171 @@
+"""The Gateway: the root supervisor. Builds the actor tree from the settings in dependency order (router,
+handlers, listeners, metrics) and stops it in reverse, in a ``finally``.
+
+It is handed its listener and handler factories by the wiring in ``ferryman/`` or finds them by name
+through the entry-point groups ``ferryman.listeners`` and ``ferryman.handlers``, so nothing in ``actors/``
+imports a protocol or a handler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import Any, TypeVar
+
+import gevent
+import pykka
+from loguru import logger
+
+from .bootstrap import verify
+from .contracts import Refusal, RefusalCode
+from .handler import HandlerActor, HandlerChain
+from .metrics import Metrics, MetricsServer
+from .router import Router
+
+__all__ = ["Gateway", "GatewayError", "load_entry_point"]
+
+T = TypeVar("T")
+ListenerFactory = Any  # a pykka actor class: cls.start(settings, chain, metrics) -> ActorRef
+
+
+class GatewayError(Exception):
+    """The gateway cannot start with these settings (a clear message, no traceback needed)."""
+
+
+def load_entry_point(group: str, name: str) -> Any:
+    found = [ep for ep in entry_points(group=group) if ep.name == name]
+    if not found:
+        names = sorted(ep.name for ep in entry_points(group=group))
+        raise GatewayError(f"no {group} entry point named {name!r} (installed: {', '.join(names) or 'none'})")
+    return found[0].load()
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Any,
+        listener_factories: Mapping[str, ListenerFactory] | None = None,
+        handler_factories: Mapping[str, type[HandlerActor]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._listener_factories = dict(listener_factories or {})
+        self._handler_factories = dict(handler_factories or {})
+        self.metrics = Metrics()
+        self.router: pykka.ActorRef[Any] | None = None
+        self.handlers: list[pykka.ActorRef[Any]] = []
+        self.listeners: dict[str, pykka.ActorRef[Any]] = {}
+        self.metrics_server: MetricsServer | None = None
+        self.started_at = 0.0
+        self.stopping = False
+
+    # -- factories -------------------------------------------------------------------------------------
+    def handler_class(self, name: str) -> type[HandlerActor]:
+        cls: Any = self._handler_factories.get(name) or load_entry_point("ferryman.handlers", name)
+        if not (isinstance(cls, type) and issubclass(cls, HandlerActor)):
+            raise GatewayError(f"handler {name!r} is not a HandlerActor subclass: {cls!r}")
+        return cls
+
+    def listener_class(self, protocol: str) -> ListenerFactory:
+        return self._listener_factories.get(protocol) or load_entry_point("ferryman.listeners", protocol)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        problems = verify()
+        if problems:
+            raise GatewayError("; ".join(problems))
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        self.started_at = time.time()
+
+    def _start(self) -> None:
+        s = self.settings
+        self.router = Router.start()
+        specs: list[tuple[str, Mapping[str, Any]]] = [(s.auth.handler, {})]
+        specs += [(h.name, h.options) for h in s.handlers]
+        for name, options in specs:
+            cls = self.handler_class(name)
+            errors = cls.validate_options(options, s)
+            if errors:
+                raise GatewayError(f"handler {name!r}: " + "; ".join(errors))
+            self.handlers.append(cls.start(options=options, settings=s, router=self.router))
+        chain = HandlerChain(self.handlers)
+        for ls in s.listeners:
+            listener_cls = self.listener_class(ls.protocol)
+            try:
+                self.listeners[ls.name] = listener_cls.start(ls, chain, self.metrics)
+            except OSError as exc:
+                raise GatewayError(
+                    f"listener {ls.name!r} cannot listen on {ls.address}: {exc.strerror or exc}"
+                ) from exc
+        if s.metrics.address:
+            host, _, port = s.metrics.address.rpartition(":")
+            self.metrics_server = MetricsServer((host.strip("[]"), int(port)), self.metrics, self.health)
+            try:
+                self.metrics_server.start()
+            except OSError as exc:
+                raise GatewayError(
+                    f"metrics cannot listen on {s.metrics.address}: {exc.strerror or exc}"
+                ) from exc
+        logger.info(
+            "gateway started: {} listener(s), handlers {}", len(self.listeners), [n for n, _ in specs]
+        )
+
+    def reload(self, settings: Any) -> None:
+        """New settings (SIGHUP): handlers get them; listeners keep running as they are."""
+        self.settings = settings
+        for ref in self.handlers:
+            ref.proxy().reload.defer(settings)
+        logger.info("settings reloaded from {}", getattr(settings, "source", "?"))
+
+    def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop in reverse order: listeners stop accepting, sessions are closed, then handlers and router."""
+        if self.stopping:
+            return
+        self.stopping = True
+        timeout = (
+            drain_timeout if drain_timeout is not None else getattr(self.settings, "shutdown_timeout", 5.0)
+        )
+        refusal = Refusal(RefusalCode.SERVER_SHUTTING_DOWN, "gateway shutting down")
+        listeners = list(self.listeners.values())
+        for ref in listeners:
+            _quiet(ref, lambda r: r.proxy().stop_accepting().get(timeout=timeout))
+        closed = 0
+        for ref in listeners:
+            closed += _quiet(ref, lambda r: r.proxy().close_all(refusal).get(timeout=timeout)) or 0
+        if closed:
+            gevent.sleep(0)  # let the pumps see their sockets close and send their notifications
+        if self.metrics_server is not None:
+            _quiet(self.metrics_server, lambda m: m.stop())
+        for ref in [*reversed(listeners), *reversed(self.handlers), *([self.router] if self.router else [])]:
+            _quiet(ref, lambda r: r.stop(timeout=timeout))
+        logger.info("gateway stopped ({} session(s) closed)", closed)
+
+    # -- observability ---------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        listeners = {name: ref.is_alive() for name, ref in self.listeners.items()}
+        ok = bool(listeners) and all(listeners.values()) and not self.stopping
+        return {
+            "status": "ok" if ok else "unavailable",
+            "listeners": listeners,
+            "handlers": [ref.actor_class.__name__ for ref in self.handlers if ref.is_alive()],
+            "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,
+        }
+
+    def listener_address(self, name: str) -> tuple[str, int]:
+        address: tuple[str, int] = self.listeners[name].proxy().bound_address().get(timeout=5)
+        return address
+
+
+def _quiet(part: T, fn: Callable[[T], Any]) -> Any:
+    """Shutdown keeps going past one part's failure; the failure is logged."""
+    try:
+        return fn(part)
+    except pykka.ActorDeadError:
+        return None
+    except Exception as exc:
+        logger.warning("during shutdown: {}", exc)
+        return None

@@ -1,0 +1,143 @@
+"""The handler API: the actor base class handlers extend, and the chain sessions talk to.
+
+A handler is a Pykka actor. Sessions *ask* it once per connection (``auth_connect`` -> Grant | Refusal |
+None for "no opinion") and *tell* it notifications after the fact. Only notifications a handler actually
+overrides are sent, so a handler that ignores ``on_publish`` costs nothing per packet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import pykka
+from loguru import logger
+
+from .contracts import CombinedGrant, Grant, Message, Refusal, RefusalCode, Session
+
+__all__ = ["HandlerActor", "HandlerChain"]
+
+_NOTIFICATIONS = ("on_connect", "on_publish", "on_subscribe", "on_unsubscribe", "on_disconnect")
+
+
+class HandlerActor(pykka.ThreadingActor):
+    """Base class of handler actors (authorization, translation rules, user plug-ins).
+
+    Subclasses are found through the entry-point group ``ferryman.handlers`` and built with
+    ``cls(options=..., settings=..., router=...)``. ``options`` is the handler's own ``[handler.options]``
+    table. Override what you need; every method has a neutral default.
+    """
+
+    #: Name used in logs; defaults to the class name.
+    name: ClassVar[str] = ""
+
+    def __init__(self, *, options: Mapping[str, Any] | None = None, settings: Any = None, router: Any = None):
+        super().__init__()
+        self.options: Mapping[str, Any] = options or {}
+        self.settings = settings
+        self.router = router
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any], settings: Any) -> list[str]:
+        """Problems with this handler's configuration, for ``ferryman check`` (empty: fine)."""
+        return []
+
+    # -- checks (asked) --------------------------------------------------------------------------------
+    def auth_connect(self, session: Session) -> Grant | Refusal | None:
+        """Decide a new connection: a Grant, a Refusal, or None for no opinion."""
+        return None
+
+    # -- notifications (told, after the fact) ----------------------------------------------------------
+    def on_connect(self, session: Session, grant: Grant) -> None:
+        pass
+
+    def on_publish(self, session: Session, topic: str, payload: bytes) -> None:
+        pass
+
+    def on_subscribe(self, session: Session, topic_filters: list[str]) -> None:
+        pass
+
+    def on_unsubscribe(self, session: Session, topic_filters: list[str]) -> None:
+        pass
+
+    def on_disconnect(self, session: Session, reason: str) -> None:
+        pass
+
+    # -- bridge traffic --------------------------------------------------------------------------------
+    def handle(self, message: Message) -> None:
+        """A message the Router delivers to this handler."""
+
+    # -- operations ------------------------------------------------------------------------------------
+    def reload(self, settings: Any) -> None:
+        """New settings (SIGHUP). Handlers that hold policy push new grants to live sessions here."""
+        self.settings = settings
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        logger.opt(exception=(exception_type, exception_value, traceback)).error(
+            "handler {} failed", type(self).__name__
+        )
+
+
+class HandlerChain:
+    """The ordered handlers a listener's sessions consult. Shared, immutable, safe to use from any greenlet.
+
+    The combined decision: the first Refusal wins; grants are intersected; if every handler abstains the
+    connection is refused (fail closed).
+    """
+
+    def __init__(self, refs: Sequence[pykka.ActorRef[Any]], ask_timeout: float = 5.0) -> None:
+        self.refs = tuple(refs)
+        self.ask_timeout = ask_timeout
+        self._proxies = [ref.proxy() for ref in self.refs]
+        self._listeners: dict[str, list[Any]] = {}
+        for ref, proxy in zip(self.refs, self._proxies, strict=True):
+            cls = ref.actor_class
+            for note in _NOTIFICATIONS:
+                if getattr(cls, note) is not getattr(HandlerActor, note):
+                    self._listeners.setdefault(note, []).append(getattr(proxy, note))
+        # Per-packet notifications are the costly ones: sessions check these flags before building arguments.
+        self.wants_publish = bool(self._listeners.get("on_publish"))
+        self.wants_subscribe = bool(self._listeners.get("on_subscribe"))
+        self.wants_unsubscribe = bool(self._listeners.get("on_unsubscribe"))
+
+    def connect(self, session: Session) -> Grant | Refusal:
+        grants: list[Grant] = []
+        for proxy in self._proxies:
+            try:
+                answer = proxy.auth_connect(session).get(timeout=self.ask_timeout)
+            except pykka.Timeout:
+                logger.error("handler did not answer auth_connect within {}s: refusing", self.ask_timeout)
+                return Refusal(RefusalCode.SERVER_UNAVAILABLE, "authorization handler timed out")
+            except pykka.ActorDeadError:
+                return Refusal(RefusalCode.SERVER_UNAVAILABLE, "authorization handler is not running")
+            except Exception as exc:  # a handler's bug refuses this connection, never crashes the session
+                logger.opt(exception=exc).error("auth_connect raised: refusing {!r}", session)
+                return Refusal(RefusalCode.SERVER_UNAVAILABLE, "authorization handler failed")
+            if isinstance(answer, Refusal):
+                return answer
+            if isinstance(answer, Grant):
+                grants.append(answer)
+        if not grants:
+            return Refusal(RefusalCode.NOT_AUTHORIZED, "no handler granted the connection")
+        return grants[0] if len(grants) == 1 else CombinedGrant(grants)
+
+    def _notify(self, note: str, *args: Any) -> None:
+        for method in self._listeners.get(note, ()):
+            with contextlib.suppress(pykka.ActorDeadError):
+                method.defer(*args)
+
+    def on_connect(self, session: Session, grant: Grant) -> None:
+        self._notify("on_connect", session, grant)
+
+    def on_publish(self, session: Session, topic: str, payload: bytes) -> None:
+        self._notify("on_publish", session, topic, payload)
+
+    def on_subscribe(self, session: Session, topic_filters: list[str]) -> None:
+        self._notify("on_subscribe", session, topic_filters)
+
+    def on_unsubscribe(self, session: Session, topic_filters: list[str]) -> None:
+        self._notify("on_unsubscribe", session, topic_filters)
+
+    def on_disconnect(self, session: Session, reason: str) -> None:
+        self._notify("on_disconnect", session, reason)

@@ -1,0 +1,135 @@
+"""Metrics (prometheus-client, one registry per Gateway) and the /metrics + /health HTTP endpoint.
+
+The data plane never touches a Prometheus counter per packet: sessions count into plain integers and add
+them to the counters once per chunk read (see ``PacketCounters``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pykka
+from gevent.pywsgi import WSGIServer
+from loguru import logger
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["PACKET_TYPE_NAMES", "Metrics", "MetricsServer", "PacketCounters"]
+
+PACKET_TYPE_NAMES = (
+    "reserved",
+    "connect",
+    "connack",
+    "publish",
+    "puback",
+    "pubrec",
+    "pubrel",
+    "pubcomp",
+    "subscribe",
+    "suback",
+    "unsubscribe",
+    "unsuback",
+    "pingreq",
+    "pingresp",
+    "disconnect",
+    "auth",
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections_open = Gauge(
+            "ferryman_connections_open", "Device connections open now", ["listener"], registry=r
+        )
+        self.connections_total = Counter(
+            "ferryman_connections", "Device connections accepted", ["listener"], registry=r
+        )
+        self.packets = Counter(
+            "ferryman_packets", "Packets by type and direction", ["listener", "direction", "type"], registry=r
+        )
+        self.bytes = Counter("ferryman_bytes", "Bytes by direction", ["listener", "direction"], registry=r)
+        self.refusals = Counter("ferryman_refusals", "Refusals by reason", ["listener", "reason"], registry=r)
+        self.errors = Counter(
+            "ferryman_session_errors",
+            "Sessions closed on a protocol error",
+            ["listener", "error"],
+            registry=r,
+        )
+        self.actors = Gauge("ferryman_actors", "Pykka actors alive", registry=r)
+        self.actors.set_function(lambda: len(pykka.ActorRegistry.get_all()))
+        self.greenlets = Gauge("ferryman_greenlets", "Greenlets alive", registry=r)
+        self.greenlets.set_function(_count_greenlets)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _count_greenlets() -> int:
+    import gc
+
+    from greenlet import greenlet
+
+    return sum(1 for o in gc.get_objects() if isinstance(o, greenlet) and not o.dead)
+
+
+class PacketCounters:
+    """Per-connection, per-direction packet counts, flushed into the shared counters once per chunk."""
+
+    __slots__ = ("_bytes", "_children", "counts")
+
+    def __init__(self, metrics: Metrics, listener: str, direction: str) -> None:
+        self.counts = [0] * 16
+        self._children = [metrics.packets.labels(listener, direction, name) for name in PACKET_TYPE_NAMES]
+        self._bytes = metrics.bytes.labels(listener, direction)
+
+    def flush(self, nbytes: int) -> None:
+        counts = self.counts
+        for i in range(16):
+            n = counts[i]
+            if n:
+                self._children[i].inc(n)
+                counts[i] = 0
+        if nbytes:
+            self._bytes.inc(nbytes)
+
+
+class MetricsServer:
+    """Serves ``/metrics`` (Prometheus text format) and ``/health`` (JSON) on one address."""
+
+    def __init__(
+        self, address: tuple[str, int], metrics: Metrics, health: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.metrics = metrics
+        self.health = health
+        self.server = WSGIServer(address, self._app, log=None, error_log=None)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.address  # type: ignore[no-any-return]
+
+    def start(self) -> None:
+        self.server.start()
+        logger.info("metrics and health on http://{}:{}/metrics", *self.server.address[:2])
+
+    def stop(self) -> None:
+        self.server.stop(timeout=1)
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            body = self.metrics.render()
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+            return [body]
+        if path == "/health":
+            state = self.health()
+            ok = state.get("status") == "ok"
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")]
+            )
+            return [json.dumps(state).encode()]
+        start_response("404 Not Found", [("Content-Type", "application/json")])
+        return [b'{"error": "not found"}']

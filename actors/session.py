@@ -1,0 +1,83 @@
+"""Base classes of the per-connection actors: a client session (the device side) paired with an upstream
+session (the server side).
+
+The actors own lifecycle and control: they are started per connection, receive control-plane messages
+(a new grant, a disconnect order) and stop when the connection ends. The bytes themselves move in the
+session's own greenlets (the data plane), not through the actors' inboxes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from .contracts import Grant, Refusal, SessionControl
+
+__all__ = ["ActorSessionControl", "ClientSessionActor", "SessionActor", "UpstreamSessionActor"]
+
+
+class SessionActor(pykka.ThreadingActor):
+    """Common lifecycle: ``close(reason)`` is idempotent and runs ``on_close`` exactly once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+        self.close_reason = ""
+
+    def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        try:
+            self.on_close(reason)
+        except Exception as exc:
+            logger.opt(exception=exc).error("{} failed while closing", type(self).__name__)
+        finally:
+            self.actor_ref.stop(block=False)
+
+    def on_close(self, reason: str) -> None:
+        """Release the connection's resources. Called once, from ``close``."""
+
+    def on_stop(self) -> None:
+        self.close(self.close_reason or "stopped")
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        logger.opt(exception=(exception_type, exception_value, traceback)).error(
+            "{} crashed", type(self).__name__
+        )
+        self.close("internal error")
+
+
+class ClientSessionActor(SessionActor):
+    """The device side of one connection. Subclasses apply grants and disconnect orders to their protocol."""
+
+    def update_grant(self, grant: Grant) -> None:
+        raise NotImplementedError
+
+    def disconnect(self, refusal: Refusal) -> None:
+        raise NotImplementedError
+
+
+class UpstreamSessionActor(SessionActor):
+    """The server side of one connection: dials the target and owns that socket."""
+
+
+class ActorSessionControl(SessionControl):
+    """``SessionControl`` over a client session actor's ref: every call is a ``tell`` and never blocks."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, ref: pykka.ActorRef[Any]) -> None:
+        self._ref = ref
+
+    def update_grant(self, grant: Grant) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._ref.proxy().update_grant.defer(grant)
+
+    def disconnect(self, refusal: Refusal) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._ref.proxy().disconnect.defer(refusal)

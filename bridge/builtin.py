@@ -1,0 +1,24 @@
+"""The ``allow-all`` handler: every connection may publish and subscribe to everything (``#``).
+
+For development and for deployments where the broker itself authorizes. ``$``-topics stay out of reach
+(MQTT's own rule: ``#`` does not match them).
+"""
+
+from __future__ import annotations
+
+from loguru import logger
+
+from ferryman.actors.contracts import Grant, Session
+from ferryman.actors.handler import HandlerActor
+
+__all__ = ["AllowAllHandler"]
+
+
+class AllowAllHandler(HandlerActor):
+    name = "allow-all"
+
+    def on_start(self) -> None:
+        logger.warning("auth handler 'allow-all': every client may publish and subscribe to every topic")
+
+    def auth_connect(self, session: Session) -> Grant:
+        return Grant.everything()

@@ -1,0 +1,111 @@
+"""The ``static`` handler: users from the settings, each with publish and subscribe filters.
+
+``%u`` in a filter stands for the username and ``%c`` for the client id. A username or client id holding
+``+``, ``#`` or ``/`` never fills a pattern (the filter is left out), so no one widens their own grant by
+choosing a clever name. On SIGHUP the new user list is applied to live sessions: a removed user or changed
+password disconnects (MQTT 5: DISCONNECT 0x87), changed filters push a new grant.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from loguru import logger
+
+from ferryman.actors.contracts import Grant, Refusal, RefusalCode, Session
+from ferryman.actors.handler import HandlerActor
+from ferryman.actors.topics import filter_error
+
+from .passwords import hash_error, verify_password
+
+__all__ = ["StaticHandler", "expand_filters"]
+
+_UNSAFE = ("+", "#", "/")
+
+
+def expand_filters(filters: tuple[str, ...], username: str, client_id: str) -> list[str]:
+    out: list[str] = []
+    for f in filters:
+        if "%u" in f:
+            if not username or any(c in username for c in _UNSAFE):
+                continue
+            f = f.replace("%u", username)
+        if "%c" in f:
+            if not client_id or any(c in client_id for c in _UNSAFE):
+                continue
+            f = f.replace("%c", client_id)
+        out.append(f)
+    return out
+
+
+class StaticHandler(HandlerActor):
+    name = "static"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.users: dict[str, Any] = {}
+        self.live: dict[int, tuple[Session, Grant]] = {}
+        self._load(self.settings)
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any], settings: Any) -> list[str]:
+        problems: list[str] = []
+        for i, user in enumerate(settings.auth.users):
+            for key in ("publish", "subscribe"):
+                for f in getattr(user, key):
+                    probe = f.replace("%u", "u").replace("%c", "c")
+                    err = filter_error(probe)
+                    if err:
+                        problems.append(f"auth.users[{i}].{key}: {f!r}: {err}")
+            if user.password_hash:
+                err = hash_error(user.password_hash)
+                if err:
+                    problems.append(f"auth.users[{i}].password_hash: {err}")
+        if not settings.auth.users:
+            logger.warning("auth handler 'static' has no users: every connection will be refused")
+        return problems
+
+    def _load(self, settings: Any) -> None:
+        self.users = {u.username: u for u in settings.auth.users} if settings is not None else {}
+
+    def _check(self, session: Session) -> Grant | Refusal:
+        user = self.users.get(session.username or "")
+        if user is None or session.password is None:
+            return Refusal(RefusalCode.NOT_AUTHORIZED, "unknown user or no password")
+        if user.password_hash:
+            ok = verify_password(session.password, user.password_hash)
+        else:
+            ok = hmac.compare_digest(session.password, user.password.encode())
+        if not ok:
+            return Refusal(RefusalCode.NOT_AUTHORIZED, "wrong password")
+        username, client_id = session.username or "", session.client_id
+        return Grant(
+            expand_filters(user.publish, username, client_id),
+            expand_filters(user.subscribe, username, client_id),
+        )
+
+    def auth_connect(self, session: Session) -> Grant | Refusal:
+        return self._check(session)
+
+    def on_connect(self, session: Session, grant: Grant) -> None:
+        self.live[session.id] = (session, grant)
+
+    def on_disconnect(self, session: Session, reason: str) -> None:
+        self.live.pop(session.id, None)
+
+    def reload(self, settings: Any) -> None:
+        super().reload(settings)
+        self._load(settings)
+        for sid, (session, old) in list(self.live.items()):
+            decision = self._check(session)
+            if session.control is None:
+                continue
+            if isinstance(decision, Refusal):
+                logger.info("revoking {!r}: {}", session, decision.reason)
+                session.control.disconnect(Refusal(RefusalCode.NOT_AUTHORIZED, f"revoked: {decision.reason}"))
+                self.live.pop(sid, None)
+            elif (decision.publish, decision.subscribe) != (old.publish, old.subscribe):
+                session.control.update_grant(decision)
+                self.live[sid] = (session, decision)

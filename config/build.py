@@ -1,0 +1,301 @@
+"""From a parsed (and environment-overridden) TOML tree to :class:`Settings`, checking every rule and
+recording every problem on the way (see ``reader.py``)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .errors import format_key_path
+from .network import PUBLISH_TARGET, SCHEMES_BY_PROTOCOL, parse_address, parse_target
+from .reader import TableReader
+from .schema import (
+    AuthSettings,
+    BridgeMqttSettings,
+    BridgeSettings,
+    BridgeXmppSettings,
+    HandlerSettings,
+    ListenerSettings,
+    LogSettings,
+    MetricsSettings,
+    Settings,
+    TlsSettings,
+    UserSettings,
+)
+
+__all__ = ["build_settings"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+PROTOCOLS = tuple(SCHEMES_BY_PROTOCOL)
+VERIFY_CHECKS = ("ocsp", "crl")
+REFUSED_PUBLISH_V3 = ("ack", "disconnect")
+XMPP_MODES = ("component", "client")
+BRIDGE_MQTT_SCHEMES = ("tcp", "tls", "ws", "wss")
+PATH_PREFIX_PROTOCOLS = ("mqtt-ws", "http")
+MIN_PACKET_SIZE, MAX_PACKET_SIZE = 16, 268435460  # MQTT: fixed header + the largest Remaining Length
+
+# Listener names end up in logs and metric labels: keep them plain.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def build_settings(root: TableReader, source: str) -> Settings:
+    """Build the settings from the root table; problems land in ``root.ctx.issues``."""
+    shutdown_timeout = root.positive_number("shutdown_timeout", 5.0)
+    log = root.section("log")
+    log_settings = LogSettings(
+        level=log.string("level", "info", LOG_LEVELS), format=log.string("format", "text", LOG_FORMATS)
+    )
+    metrics = root.section("metrics")
+    metrics_settings = MetricsSettings(address=metrics.string("address", "127.0.0.1:9100"))
+    if metrics_settings.address:
+        _check_address(metrics, "address", metrics_settings.address)
+    listener_readers = root.tables("listener")
+    listeners = [_listener(reader) for reader in listener_readers]
+    _check_unique_listeners(listener_readers, listeners, metrics, metrics_settings.address)
+    return Settings(  # arguments in file order, so that problems are reported in that order
+        log=log_settings,
+        metrics=metrics_settings,
+        listeners=tuple(listeners),
+        auth=_auth(root.section("auth")),
+        handlers=tuple(_handler(reader) for reader in root.tables("handler")),
+        bridge=_bridge(root.section("bridge")),
+        shutdown_timeout=shutdown_timeout,
+        source=source,
+    )
+
+
+def _check_address(reader: TableReader, key: str, address: str) -> tuple[str, int] | None:
+    try:
+        return parse_address(address)
+    except ValueError as exc:
+        reader.report(key, str(exc))
+        return None
+
+
+def _listener(r: TableReader) -> ListenerSettings:
+    name = r.string("name")
+    if name and not _NAME.fullmatch(name):
+        r.report("name", f"{name!r}: use letters, digits, '_', '.' and '-' (starting with a letter or digit)")
+    protocol = r.string("protocol", choices=PROTOCOLS)
+    address = r.string("address")
+    if address:
+        _check_address(r, "address", address)
+    target = r.string("target")
+    if target:
+        _check_target(r, protocol, target)
+    path_prefix = r.string("path_prefix", "")
+    if path_prefix and not path_prefix.startswith("/"):
+        r.report("path_prefix", f"{path_prefix!r} must start with '/'")
+    if path_prefix and protocol in PROTOCOLS and protocol not in PATH_PREFIX_PROTOCOLS:
+        r.report("path_prefix", f"only {' and '.join(PATH_PREFIX_PROTOCOLS)} listeners take a path prefix")
+    tls = r.table("tls")
+    return ListenerSettings(
+        name=name,
+        protocol=protocol,
+        address=address,
+        target=target,
+        path_prefix=path_prefix,
+        tls=_tls(tls) if tls is not None else None,
+        max_packet_size=r.integer("max_packet_size", 1048576, MIN_PACKET_SIZE, MAX_PACKET_SIZE),
+        connect_timeout=r.positive_number("connect_timeout", 10.0),
+        refused_publish_v3=r.string("refused_publish_v3", "ack", REFUSED_PUBLISH_V3),
+    )
+
+
+def _check_target(r: TableReader, protocol: str, target: str) -> None:
+    try:
+        scheme = parse_target(target).scheme
+    except ValueError as exc:
+        r.report("target", str(exc))
+        return
+    allowed = SCHEMES_BY_PROTOCOL.get(protocol)
+    if allowed is None or scheme in allowed:
+        return
+    if scheme == PUBLISH_TARGET:
+        r.report("target", f"'{PUBLISH_TARGET}' (publish mode) is only for http and coap listeners")
+    else:
+        r.report("target", f"a {protocol} listener forwards to {' | '.join(allowed)}, not {scheme}")
+
+
+def _file(r: TableReader, key: str, required: bool = False) -> str:
+    """A path to an existing file, made absolute (see ``Context.resolve``)."""
+    value = r.string(key, None if required else "")
+    if not value:
+        if required and r.data.get(key) == "":
+            r.report(key, "must not be empty")
+        return value
+    path = r.ctx.resolve((*r.path, key), value)
+    if not os.path.exists(path):
+        r.report(key, f"file not found: {path}")
+    elif not os.path.isfile(path):
+        r.report(key, f"not a file: {path}")
+    elif not os.access(path, os.R_OK):
+        r.report(key, f"file not readable: {path}")
+    return path
+
+
+def _tls(r: TableReader) -> TlsSettings:
+    cert_file = _file(r, "cert_file", required=True)
+    key_file = _file(r, "key_file", required=True)
+    client_ca_file = _file(r, "client_ca_file")
+    verify = r.strings("verify")
+    for index, check in enumerate(verify):
+        if check not in VERIFY_CHECKS:
+            r.ctx.report((*r.path, "verify", index), f"{check!r} is not one of {', '.join(VERIFY_CHECKS)}")
+        elif verify.index(check) != index:
+            r.ctx.report((*r.path, "verify", index), f"{check!r} is listed twice")
+    if verify and not client_ca_file:
+        r.report("verify", "revocation checks are for client certificates: they need client_ca_file (mTLS)")
+    ocsp_responder_url = r.string("ocsp_responder_url", "")
+    if ocsp_responder_url:
+        try:
+            parse_target(ocsp_responder_url, ("http", "https"))
+        except ValueError as exc:
+            r.report("ocsp_responder_url", str(exc))
+        if "ocsp" not in verify:
+            r.report("ocsp_responder_url", "is set but verify does not include 'ocsp'")
+    crl_file = _file(r, "crl_file")
+    if crl_file and "crl" not in verify:
+        r.report("crl_file", "is set but verify does not include 'crl'")
+    return TlsSettings(
+        cert_file=cert_file,
+        key_file=key_file,
+        client_ca_file=client_ca_file,
+        verify=verify,
+        ocsp_responder_url=ocsp_responder_url,
+        crl_file=crl_file,
+    )
+
+
+def _check_unique_listeners(
+    readers: list[TableReader], listeners: list[ListenerSettings], metrics: TableReader, metrics_address: str
+) -> None:
+    names: dict[str, str] = {}
+    addresses: dict[tuple[str, int], str] = {}
+    for reader, listener in zip(readers, listeners, strict=True):
+        where = format_key_path(reader.path)
+        if listener.name in names:
+            reader.report("name", f"duplicate listener name {listener.name!r} (also {names[listener.name]})")
+        elif listener.name:
+            names[listener.name] = where
+        endpoint = _endpoint(listener.address)
+        if endpoint in addresses:
+            reader.report("address", f"address {listener.address} is already used by {addresses[endpoint]}")
+        elif endpoint is not None:
+            addresses[endpoint] = where
+    endpoint = _endpoint(metrics_address)
+    if endpoint in addresses:
+        metrics.report("address", f"address {metrics_address} is already used by {addresses[endpoint]}")
+
+
+def _endpoint(address: str) -> tuple[str, int] | None:
+    try:
+        host, port = parse_address(address)
+    except ValueError:
+        return None
+    return host.lower(), port
+
+
+def _auth(r: TableReader) -> AuthSettings:
+    handler = r.string("handler", "allow-all")
+    if not handler.strip():
+        r.report("handler", "must not be empty")
+    readers = r.tables("users")
+    users = tuple(_user(reader) for reader in readers)
+    seen: dict[str, str] = {}
+    for reader, user in zip(readers, users, strict=True):
+        if user.username in seen:
+            reader.report("username", f"duplicate username {user.username!r} (also {seen[user.username]})")
+        elif user.username:
+            seen[user.username] = format_key_path(reader.path)
+    return AuthSettings(handler=handler, users=users, options=r.free("options"))
+
+
+def _user(r: TableReader) -> UserSettings:
+    username = r.string("username")
+    if r.data.get("username") == "":
+        r.report("username", "must not be empty")
+    password = r.string("password", "")
+    password_hash = r.string("password_hash", "")
+    if password and password_hash:
+        r.report("password_hash", "set password or password_hash, not both")
+    elif not password and not password_hash:
+        r.report("password", "missing: set password or password_hash")
+    publish = r.strings("publish")
+    subscribe = r.strings("subscribe")
+    for key, filters in (("publish", publish), ("subscribe", subscribe)):
+        for index, topic_filter in enumerate(filters):
+            problem = _filter_error(topic_filter)
+            if problem:
+                r.ctx.report((*r.path, key, index), f"{topic_filter!r}: {problem}")
+    return UserSettings(username, password, password_hash, publish, subscribe)
+
+
+def _filter_error(topic_filter: str) -> str | None:
+    """Why a topic filter is invalid (MQTT 4.7), or None. ``%u`` / ``%c`` are plain characters here."""
+    if not topic_filter:
+        return "empty topic filter"
+    if "\x00" in topic_filter:
+        return "contains U+0000"
+    levels = topic_filter.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return "'#' must be a whole level and the last one"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level"
+    return None
+
+
+def _handler(r: TableReader) -> HandlerSettings:
+    name = r.string("name")
+    if isinstance(r.data.get("name"), str) and not name.strip():
+        r.report("name", "must not be empty")
+    return HandlerSettings(name=name, options=r.free("options"))
+
+
+def _bridge(r: TableReader) -> BridgeSettings:
+    mqtt = r.table("mqtt")
+    xmpp = r.table("xmpp")
+    return BridgeSettings(
+        mqtt=_bridge_mqtt(mqtt) if mqtt is not None else None,
+        xmpp=_bridge_xmpp(xmpp) if xmpp is not None else None,
+    )
+
+
+def _bridge_mqtt(r: TableReader) -> BridgeMqttSettings:
+    url = r.string("url", "tcp://127.0.0.1:1883")
+    try:
+        parse_target(url, BRIDGE_MQTT_SCHEMES)
+    except ValueError as exc:
+        r.report("url", str(exc))
+    client_id = r.string("client_id", "ferryman-bridge")
+    if not client_id:
+        r.report("client_id", "must not be empty (the bridge keeps a persistent session)")
+    return BridgeMqttSettings(
+        url=url, client_id=client_id, username=r.string("username", ""), password=r.string("password", "")
+    )
+
+
+def _bridge_xmpp(r: TableReader) -> BridgeXmppSettings:
+    mode = r.string("mode", "component", XMPP_MODES)
+    jid = r.string("jid", "")
+    if not jid:
+        r.report("jid", "missing: the gateway's JID is required")
+    elif mode == "component" and ("@" in jid or "/" in jid):
+        r.report("jid", f"{jid!r}: a component JID is a domain (e.g. gw.localhost)")
+    elif mode == "client" and "@" not in jid:
+        r.report("jid", f"{jid!r}: a client JID is user@domain")
+    secret = r.string("secret", "")
+    if not secret:
+        r.report("secret", "missing: the component secret or the account's password is required")
+    server = r.string("server", "127.0.0.1:5347")
+    _check_address(r, "server", server)
+    allowed_jids = r.strings("allowed_jids")
+    for index, allowed in enumerate(allowed_jids):
+        if not allowed or "/" in allowed or any(c.isspace() for c in allowed):
+            r.ctx.report((*r.path, "allowed_jids", index), f"{allowed!r} is not a bare JID (user@domain)")
+    store = r.string("store", "ferryman-bridge.sqlite3")
+    if not store:
+        r.report("store", "must not be empty")
+    return BridgeXmppSettings(mode, jid, secret, server, allowed_jids, store)

@@ -1,0 +1,103 @@
+"""The tree of TOML keys and their value kinds: the one list of what a settings file may contain.
+
+The loader checks files against it (unknown keys, with suggestions) and the environment overrides use it
+to find a key and convert a string to the key's type. The typed tables are built in ``build.py``; a test
+checks the two agree.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["ROOT", "Kind", "Node", "Table", "TableArray"]
+
+
+class Kind(enum.Enum):
+    """A leaf's value type; the value is how error messages name it."""
+
+    STR = "a string"
+    INT = "an integer"
+    FLOAT = "a number"
+    BOOL = "a boolean"
+    STRS = "an array of strings"
+    FREE = "a table"  # free-form options: any keys, any TOML values
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    keys: Mapping[str, Node]
+
+
+@dataclass(frozen=True, slots=True)
+class TableArray:
+    """An array of tables (``[[listener]]``); entries are addressed by index."""
+
+    item: Table
+
+
+Node = Kind | Table | TableArray
+
+_TLS = Table(
+    {
+        "cert_file": Kind.STR,
+        "key_file": Kind.STR,
+        "client_ca_file": Kind.STR,
+        "verify": Kind.STRS,
+        "ocsp_responder_url": Kind.STR,
+        "crl_file": Kind.STR,
+    }
+)
+
+_LISTENER = Table(
+    {
+        "name": Kind.STR,
+        "protocol": Kind.STR,
+        "address": Kind.STR,
+        "target": Kind.STR,
+        "path_prefix": Kind.STR,
+        "tls": _TLS,
+        "max_packet_size": Kind.INT,
+        "connect_timeout": Kind.FLOAT,
+        "refused_publish_v3": Kind.STR,
+    }
+)
+
+_USER = Table(
+    {
+        "username": Kind.STR,
+        "password": Kind.STR,
+        "password_hash": Kind.STR,
+        "publish": Kind.STRS,
+        "subscribe": Kind.STRS,
+    }
+)
+
+ROOT = Table(
+    {
+        "shutdown_timeout": Kind.FLOAT,
+        "log": Table({"level": Kind.STR, "format": Kind.STR}),
+        "metrics": Table({"address": Kind.STR}),
+        "listener": TableArray(_LISTENER),
+        "auth": Table({"handler": Kind.STR, "users": TableArray(_USER), "options": Kind.FREE}),
+        "handler": TableArray(Table({"name": Kind.STR, "options": Kind.FREE})),
+        "bridge": Table(
+            {
+                "mqtt": Table(
+                    {"url": Kind.STR, "client_id": Kind.STR, "username": Kind.STR, "password": Kind.STR}
+                ),
+                "xmpp": Table(
+                    {
+                        "mode": Kind.STR,
+                        "jid": Kind.STR,
+                        "secret": Kind.STR,
+                        "server": Kind.STR,
+                        "allowed_jids": Kind.STRS,
+                        "store": Kind.STR,
+                    }
+                ),
+            }
+        ),
+    }
+)

@@ -1,0 +1,184 @@
+"""The typed settings: frozen dataclasses, one per TOML table. The loader builds them; nothing else does
+validation, so an instance built by hand is taken as given."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .frozen import FrozenMap
+from .masking import MASK, SECRET_FIELDS, mask_secrets
+from .network import Target, parse_address, parse_target
+
+__all__ = [
+    "AuthSettings",
+    "BridgeMqttSettings",
+    "BridgeSettings",
+    "BridgeXmppSettings",
+    "HandlerSettings",
+    "ListenerSettings",
+    "LogSettings",
+    "MetricsSettings",
+    "Settings",
+    "TlsSettings",
+    "UserSettings",
+]
+
+
+def _masked_repr(self: Any) -> str:
+    """A dataclass repr with secret fields shown as '****' and free-form tables masked."""
+    parts = []
+    for f in fields(self):
+        value = getattr(self, f.name)
+        if f.name in SECRET_FIELDS and value:
+            text = repr(MASK)
+        elif isinstance(value, Mapping):
+            text = repr(mask_secrets(value))
+        else:
+            text = repr(value)
+        parts.append(f"{f.name}={text}")
+    return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _freeze_options(obj: Any) -> None:
+    if not isinstance(obj.options, FrozenMap):
+        object.__setattr__(obj, "options", FrozenMap(obj.options))
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str = "info"  # debug | info | warning | error
+    format: str = "text"  # text | json
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    address: str = "127.0.0.1:9100"  # serves /metrics and /health; "" turns it off
+
+    @property
+    def enabled(self) -> bool:
+        return self.address != ""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS termination of a listener. Paths are absolute (the loader resolves relative ones against the
+    settings file's directory). ``client_ca_file`` makes it mTLS; ``verify`` adds revocation checks."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str = ""
+    verify: tuple[str, ...] = ()  # ocsp | crl
+    ocsp_responder_url: str = ""  # overrides the certificate's AIA
+    crl_file: str = ""  # offline CRL
+
+    @property
+    def mutual(self) -> bool:
+        """True when clients must present a certificate (mTLS)."""
+        return self.client_ca_file != ""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    name: str
+    protocol: str  # mqtt | mqtt-ws | http | coap
+    address: str  # host:port, IPv6 as [::1]:1884
+    target: str  # scheme://host:port[/path], or "mqtt" (publish mode) for http and coap
+    path_prefix: str = ""  # mqtt-ws and http
+    tls: TlsSettings | None = None
+    max_packet_size: int = 1048576
+    connect_timeout: float = 10.0
+    refused_publish_v3: str = "ack"  # ack | disconnect: what an MQTT 3.1.1 client gets for a refused PUBLISH
+
+    @property
+    def host(self) -> str:
+        return parse_address(self.address)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_address(self.address)[1]
+
+    @property
+    def parsed_target(self) -> Target:
+        return parse_target(self.target)
+
+
+@dataclass(frozen=True, slots=True)
+class UserSettings:
+    """A user of the static handler; ``%u`` (username) and ``%c`` (client id) expand in the filters."""
+
+    username: str
+    password: str = ""
+    password_hash: str = ""
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+
+    __repr__ = _masked_repr
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    handler: str = "allow-all"  # allow-all | static | an entry-point name in ferryman.handlers
+    users: tuple[UserSettings, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=FrozenMap)  # free-form, for entry-point handlers
+
+    __repr__ = _masked_repr
+
+    def __post_init__(self) -> None:
+        _freeze_options(self)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSettings:
+    """An extra handler actor from a ``[[handler]]`` table, in chain order after the auth handler."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=FrozenMap)  # the free-form [handler.options]
+
+    __repr__ = _masked_repr
+
+    def __post_init__(self) -> None:
+        _freeze_options(self)
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeMqttSettings:
+    url: str = "tcp://127.0.0.1:1883"
+    client_id: str = "ferryman-bridge"
+    username: str = ""
+    password: str = ""
+
+    __repr__ = _masked_repr
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeXmppSettings:
+    mode: str = "component"  # component (XEP-0114) | client
+    jid: str = ""
+    secret: str = ""  # component secret, or the account's password
+    server: str = "127.0.0.1:5347"
+    allowed_jids: tuple[str, ...] = ()  # bare JIDs; empty = nobody
+    store: str = "ferryman-bridge.sqlite3"  # where bridge subscriptions persist
+
+    __repr__ = _masked_repr
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSettings:
+    """A table present in the file means that part of the bridge is enabled."""
+
+    mqtt: BridgeMqttSettings | None = None
+    xmpp: BridgeXmppSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    listeners: tuple[ListenerSettings, ...] = ()
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    handlers: tuple[HandlerSettings, ...] = ()
+    bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    shutdown_timeout: float = 5.0
+    source: str = "<defaults>"  # the settings file's path, or "<defaults>"

@@ -1,0 +1,154 @@
+from gevent import monkey
+
+monkey.patch_all()  # first: before ssl, asyncio, pykka, loguru or paho are imported (see actors/bootstrap.py)
+
+"""The ``ferryman`` command: run, check, hash-password."""
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from loguru import logger
+
+from ferryman.actors.gateway import Gateway, GatewayError
+from ferryman.actors.log import configure_logging
+from ferryman.config import Settings, SettingsError, load_settings, render_settings
+
+__all__ = ["main"]
+
+
+def _load(path: str | None) -> Settings:
+    return load_settings(path or os.environ.get("FERRYMAN_CONFIG") or None)
+
+
+def _handler_problems(settings: Settings) -> list[str]:
+    from ferryman.wiring import build_gateway
+
+    gateway = build_gateway(settings)
+    problems: list[str] = []
+    specs: list[tuple[str, str, Mapping[str, Any]]] = [("auth.handler", settings.auth.handler, {})]
+    specs += [(f"handler[{i}]", h.name, h.options) for i, h in enumerate(settings.handlers)]
+    for where, name, options in specs:
+        try:
+            cls = gateway.handler_class(name)
+        except GatewayError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        problems += [f"{where} ({name}): {p}" for p in cls.validate_options(options, settings)]
+    for i, ls in enumerate(settings.listeners):
+        try:
+            gateway.listener_class(ls.protocol)
+        except GatewayError:
+            problems.append(f"listener[{i}].protocol: {ls.protocol!r} is not available in this version yet")
+    return problems
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args.config)
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"{len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+    problems = _handler_problems(settings)
+    if problems:
+        for p in problems:
+            print(f"{settings.source}: {p}", file=sys.stderr)
+        print(f"{len(problems)} error(s)", file=sys.stderr)
+        return 1
+    if args.print:
+        print(render_settings(settings))
+    print(
+        f"ok: {settings.source}: {len(settings.listeners)} listener(s), "
+        f"auth handler {settings.auth.handler!r}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args.config)
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    configure_logging(settings.log.level, settings.log.format)
+    problems = _handler_problems(settings)
+    if problems:
+        for p in problems:
+            logger.error("{}: {}", settings.source, p)
+        return 2
+    from ferryman.wiring import build_gateway
+
+    gateway: Gateway = build_gateway(settings)
+    stop = Event()
+
+    def on_signal(signame: str) -> None:
+        logger.info("{} received: shutting down", signame)
+        stop.set()
+
+    def on_hup() -> None:
+        if settings.source == "<defaults>" and not os.environ.get("FERRYMAN_CONFIG"):
+            logger.info("SIGHUP: no settings file to reload")
+            return
+        try:
+            gateway.reload(_load(args.config))
+        except SettingsError as exc:
+            logger.error("SIGHUP: settings not reloaded:\n{}", exc)
+
+    handlers = [
+        gevent.signal_handler(signal.SIGTERM, on_signal, "SIGTERM"),
+        gevent.signal_handler(signal.SIGINT, on_signal, "SIGINT"),
+        gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(on_hup)),
+    ]
+    try:
+        gateway.start()
+    except GatewayError as exc:
+        logger.error("cannot start: {}", exc)
+        return 1
+    try:
+        stop.wait()
+    finally:
+        gateway.stop()
+        for h in handlers:
+            h.cancel()
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from ferryman.bridge.passwords import hash_password
+
+    password = args.password if args.password is not None else getpass.getpass("password: ")
+    print(hash_password(password, iterations=args.iterations))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ferryman", description="IoT protocol gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the gateway (embedded defaults without --config)")
+    run.add_argument(
+        "--config", "-c", help="settings file (TOML); default: $FERRYMAN_CONFIG or embedded defaults"
+    )
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check", help="validate a settings file and print every error")
+    check.add_argument("--config", "-c", help="settings file (TOML)")
+    check.add_argument("--print", action="store_true", help="print the effective settings, secrets masked")
+    check.set_defaults(func=cmd_check)
+    hp = sub.add_parser("hash-password", help="print a password_hash for [[auth.users]]")
+    hp.add_argument("password", nargs="?", help="the password (prompted for when left out)")
+    hp.add_argument("--iterations", type=int, default=200_000)
+    hp.set_defaults(func=cmd_hash_password)
+    args = parser.parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

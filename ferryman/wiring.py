@@ -1,0 +1,21 @@
+"""Builds the Gateway from settings with the listeners and handlers this distribution ships.
+
+Third-party handlers and listeners are still found by name through the entry-point groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ferryman.actors.gateway import Gateway
+from ferryman.bridge.builtin import AllowAllHandler
+from ferryman.bridge.static import StaticHandler
+from ferryman.protocols.mqtt.listener import MqttListener
+
+__all__ = ["LISTENERS", "build_gateway"]
+
+LISTENERS: dict[str, Any] = {"mqtt": MqttListener}
+HANDLERS: dict[str, Any] = {"allow-all": AllowAllHandler, "static": StaticHandler}
+
+
+def build_gateway(settings: Any) -> Gateway:
+    return Gateway(settings, listener_factories=LISTENERS, handler_factories=HANDLERS)

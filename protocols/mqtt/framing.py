@@ -1,0 +1,103 @@
+"""Incremental MQTT framing: cut a byte stream into whole packets without copying them.
+
+This is the data plane's hot path. ``Framer.feed`` takes whatever one ``recv`` returned and gives back a
+buffer plus the offsets of every complete packet in it; the caller inspects only the packets it must and,
+when nothing changed, writes the buffer on with one ``sendall``. A remaining length beyond the configured
+maximum packet size is rejected as soon as its fixed header is read, before the body is buffered.
+"""
+
+from __future__ import annotations
+
+from .errors import MalformedPacket, PacketTooLarge
+
+__all__ = ["MAX_REMAINING_LENGTH", "Frame", "Framer", "encode_remaining_length"]
+
+MAX_REMAINING_LENGTH = 268_435_455
+
+# (start, body, end): buf[start] is the first byte, buf[body:end] the variable header and payload.
+Frame = tuple[int, int, int]
+
+
+def encode_remaining_length(n: int) -> bytes:
+    if n < 0 or n > MAX_REMAINING_LENGTH:
+        raise ValueError(f"remaining length {n} out of range")
+    if n < 128:
+        return bytes((n,))
+    out = bytearray()
+    while True:
+        digit = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(digit | 0x80)
+        else:
+            out.append(digit)
+            return bytes(out)
+
+
+class Framer:
+    """Splits a stream into MQTT packets.
+
+    ``max_packet_size`` bounds the whole packet (fixed header included), as MQTT 5's Maximum Packet Size does.
+    """
+
+    __slots__ = ("_pending", "max_packet_size")
+
+    def __init__(self, max_packet_size: int = MAX_REMAINING_LENGTH + 5) -> None:
+        self.max_packet_size = max_packet_size
+        self._pending = b""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back as an incomplete packet."""
+        return len(self._pending)
+
+    def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
+        """Add ``data``; return ``(buf, frames)`` where every frame is a whole packet inside ``buf``.
+
+        Bytes after the last whole packet stay buffered for the next call. ``buf[:frames[-1][2]]`` is the
+        exact byte sequence of the returned packets (``buf`` may be longer).
+        Raises ``PacketTooLarge`` or ``MalformedPacket``; the stream is then unusable.
+        """
+        buf = self._pending + data if self._pending else data
+        n = len(buf)
+        frames: list[Frame] = []
+        pos = 0
+        limit = self.max_packet_size
+        while pos < n:
+            # Remaining length: up to four bytes, seven bits each (MQTT 2.2.3).
+            if pos + 1 >= n:
+                break
+            b = buf[pos + 1]
+            if b < 0x80:
+                length = b
+                body = pos + 2
+            else:
+                length = b & 0x7F
+                mult = 128
+                i = pos + 2
+                complete = False
+                while i < n and i < pos + 5:
+                    b = buf[i]
+                    length += (b & 0x7F) * mult
+                    i += 1
+                    if b < 0x80:
+                        complete = True
+                        break
+                    mult *= 128
+                if not complete:
+                    if i >= pos + 5:
+                        raise MalformedPacket("remaining length longer than four bytes")
+                    break  # header not complete yet
+                if i - pos - 1 > 1 and b == 0:
+                    # A zero final byte in a multi-byte encoding is a non-minimal encoding (MQTT 1.5.5).
+                    raise MalformedPacket("remaining length not minimally encoded")
+                body = i
+            end = body + length
+            if end - pos > limit:
+                raise PacketTooLarge(f"packet of {end - pos} bytes exceeds the maximum of {limit}")
+            if end > n:
+                break
+            frames.append((pos, body, end))
+            pos = end
+        self._pending = buf[pos:] if pos < n else b""
+        return buf, frames

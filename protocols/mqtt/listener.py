@@ -1,0 +1,135 @@
+"""The ``mqtt`` listener actor: accepts device connections and pairs each with a client session actor and
+an upstream session actor."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import pykka
+from gevent.server import StreamServer
+from loguru import logger
+
+from ferryman.actors.contracts import Refusal, RefusalCode
+from ferryman.actors.handler import HandlerChain
+from ferryman.actors.metrics import Metrics
+from ferryman.actors.session import ActorSessionControl
+
+from .proxy import MqttConnection
+from .session import MqttClientSession, MqttUpstreamSession
+
+__all__ = ["ListenerContext", "MqttListener"]
+
+
+@dataclass
+class ListenerContext:
+    """What every connection of one listener shares."""
+
+    name: str
+    settings: Any  # ferryman.config.ListenerSettings
+    chain: HandlerChain
+    metrics: Metrics
+    target_host: str
+    target_port: int
+
+    @property
+    def target_label(self) -> str:
+        return f"{self.target_host}:{self.target_port}"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MqttListener(pykka.ThreadingActor):
+    """One ``[[listener]]`` with ``protocol = "mqtt"`` over plain TCP."""
+
+    def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
+        super().__init__()
+        target = urlsplit(settings.target)
+        if target.scheme != "tcp":
+            raise ValueError(
+                f"listener {settings.name!r}: target scheme {target.scheme!r} is not supported yet"
+            )
+        self.ctx = ListenerContext(
+            settings.name, settings, chain, metrics, target.hostname or "127.0.0.1", target.port or 1883
+        )
+        self.connections: set[MqttConnection] = set()
+        self._open = metrics.connections_open.labels(settings.name)
+        self._total = metrics.connections_total.labels(settings.name)
+        self.server = StreamServer(split_address(settings.address), self._handle)
+        self.server.init_socket()
+        self.address: tuple[str, int] = self.server.address[:2]
+
+    def on_start(self) -> None:
+        self.server.start()
+        logger.info(
+            "listener {!r}: mqtt on {}:{} -> {}", self.ctx.name, *self.address, self.ctx.settings.target
+        )
+
+    def bound_address(self) -> tuple[str, int]:
+        return self.address
+
+    def stop_accepting(self) -> None:
+        if not self.server.closed:
+            self.server.close()
+
+    def close_all(self, refusal: Refusal) -> int:
+        """Close every open connection (MQTT 5 clients get a DISCONNECT with the refusal's code)."""
+        conns = list(self.connections)
+        for conn in conns:
+            conn.kick(refusal)
+        return len(conns)
+
+    def connection_count(self) -> int:
+        return len(self.connections)
+
+    def on_stop(self) -> None:
+        self.stop_accepting()
+        self.close_all(Refusal(RefusalCode.SERVER_SHUTTING_DOWN, "gateway shutting down"))
+
+    # -- per connection (runs in the server's handler greenlet) ---------------------------------------
+    def _handle(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = MqttConnection(self.ctx, sock, addr)
+        client = MqttClientSession.start(conn)
+        conn.control = ActorSessionControl(client)
+        refs: list[pykka.ActorRef[Any]] = [client]
+        self.connections.add(conn)
+        self._open.inc()
+        self._total.inc()
+
+        def finished(reason: str) -> None:
+            self.connections.discard(conn)
+            self._open.dec()
+            for ref in refs:
+                ref.stop(block=False)
+
+        conn.on_close.append(finished)
+        try:
+            rest = conn.establish(lambda: self._dial(conn, refs))
+            if rest is None:
+                return
+            refs[1].proxy().start_downlink.defer()
+            conn.uplink(rest)
+        except Exception as exc:  # a bug must cost one connection, never the listener
+            logger.opt(exception=exc).error("connection {}:{} failed", *addr)
+        finally:
+            conn.close(conn.close_reason or "ended")
+
+    def _dial(self, conn: MqttConnection, refs: list[pykka.ActorRef[Any]]) -> socket.socket:
+        upstream = MqttUpstreamSession.start(conn)
+        refs.append(upstream)
+        timeout = self.ctx.settings.connect_timeout
+        try:
+            sock: socket.socket = (
+                upstream.proxy()
+                .dial(self.ctx.target_host, self.ctx.target_port, timeout)
+                .get(timeout=timeout + 1)
+            )
+        except pykka.Timeout as exc:
+            raise OSError(f"dial timed out after {timeout}s") from exc
+        return sock

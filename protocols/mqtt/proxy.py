@@ -1,0 +1,308 @@
+"""One proxied MQTT connection: the data plane between a device socket and its upstream broker socket.
+
+Each direction is one greenlet running ``uplink`` or ``downlink``: read a chunk, frame every packet in it,
+look only at the packets the grant must judge, and write the chunk on with one ``sendall``. Packets nobody
+changes reach the other side byte for byte. The session actors (session.py) own the lifecycle and apply
+control messages (a new grant, a disconnect order) to this object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.lock import Semaphore
+from loguru import logger
+
+from ferryman.actors.contracts import (
+    Direction,
+    Grant,
+    Refusal,
+    RefusalCode,
+    Session,
+    SessionControl,
+    next_session_id,
+)
+from ferryman.actors.metrics import PacketCounters
+
+from . import codec, pump
+from .constants import ConnackV3
+from .errors import MqttError, ProtocolError, UnsupportedProtocolVersion
+from .framing import Framer
+from .packets import Connack, Connect, Disconnect
+from .refusals import connack_code, disconnect_code, metric_reason
+
+if TYPE_CHECKING:
+    from .listener import ListenerContext
+
+__all__ = ["MqttConnection"]
+
+CHUNK = 65536
+CONNECT = 1
+
+
+class MqttConnection:
+    """State shared by the two pumps of one connection. Used only from this connection's greenlets."""
+
+    def __init__(self, ctx: ListenerContext, sock: socket.socket, addr: tuple[str, int]) -> None:
+        self.ctx = ctx
+        self.client = sock
+        self.addr = (str(addr[0]), int(addr[1]))
+        self.upstream: socket.socket | None = None
+        self.session: Session | None = None
+        self.grant: Grant = Grant.nothing()
+        self.version = 4
+        self.closed = False
+        self.connected = False  # the broker accepted the CONNECT (on_connect sent)
+        self.close_reason = ""
+        self._client_lock = Semaphore()
+        self._upstream_lock = Semaphore()
+        # v5 topic aliases per direction: alias -> topic, and aliases the far side has not learned.
+        self._alias_up: dict[int, str] = {}
+        self._alias_down: dict[int, str] = {}
+        self._unlearned_up: set[int] = set()
+        self._unlearned_down: set[int] = set()
+        # QoS 2 flows the proxy answers itself (refused uplink on 3.1.1; undelivered downlink).
+        self._local_rel_up: set[int] = set()
+        self._local_rel_down: set[int] = set()
+        # SUBSCRIBE packet id -> (index of each refused filter, total filters) for SUBACK merging.
+        self._pending_sub: dict[tuple[int, int], tuple[list[int], int, int]] = {}
+        self.client_disconnected = False
+        self.control: SessionControl | None = None
+        self.on_close: list[Callable[[str], None]] = []
+        self._up_counters = PacketCounters(ctx.metrics, ctx.name, "up")
+        self._down_counters = PacketCounters(ctx.metrics, ctx.name, "down")
+
+    # ------------------------------------------------------------------------------------------ writes
+    def send_client(self, data: bytes) -> None:
+        with self._client_lock:
+            self.client.sendall(data)
+
+    def send_upstream(self, data: bytes) -> None:
+        assert self.upstream is not None
+        with self._upstream_lock:
+            self.upstream.sendall(data)
+
+    # ------------------------------------------------------------------------------------------ close
+    def close(self, reason: str) -> None:
+        """Idempotent: shut both sockets (which ends both pumps) and run the close callbacks once."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        for sock in (self.client, self.upstream):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        if self.connected and self.session is not None:
+            self.ctx.chain.on_disconnect(self.session, reason)
+        for cb in self.on_close:
+            cb(reason)
+        logger.debug("connection {}:{} closed: {}", *self.addr, reason)
+
+    def kick(self, refusal: Refusal) -> None:
+        """Close on the gateway's initiative; MQTT 5 clients are told why with a DISCONNECT."""
+        if self.closed:
+            return
+        if self.version == 5 and self.session is not None:
+            with contextlib.suppress(OSError):
+                self.send_client(codec.encode(Disconnect(disconnect_code(refusal.code)), 5))
+        self.close(refusal.reason or refusal.code.value)
+
+    def _fail(self, exc: MqttError, direction: str) -> None:
+        self.ctx.metrics.errors.labels(self.ctx.name, type(exc).__name__).inc()
+        logger.info("closing {}:{}: {} ({})", *self.addr, exc, direction)
+        if direction == "up" and self.version == 5 and self.session is not None:
+            with contextlib.suppress(OSError):
+                self.send_client(codec.encode(Disconnect(exc.reason_code), 5))
+        self.close(f"{direction}: {exc}")
+
+    # ------------------------------------------------------------------------------------------ connect
+    def read_connect(self) -> tuple[Connect, bytes, bytes] | None:
+        """Read the first packet within the connect timeout. Returns (connect, its bytes, what followed)."""
+        framer = Framer(self.ctx.settings.max_packet_size)
+        with gevent.Timeout(self.ctx.settings.connect_timeout, False):
+            while True:
+                data = self.client.recv(CHUNK)
+                if not data:
+                    self.close("closed before CONNECT")
+                    return None
+                buf, frames = framer.feed(data)
+                if frames:
+                    start, body, end = frames[0]
+                    if buf[start] >> 4 != CONNECT:
+                        raise ProtocolError("first packet is not CONNECT")
+                    self.version = 5 if _connect_level(buf, body, end) == 5 else 4
+                    connect = codec.decode(buf[start], buf[body:end], 5)
+                    assert isinstance(connect, Connect)
+                    return connect, buf[start:end], buf[end:]
+        self.ctx.metrics.refusals.labels(self.ctx.name, "connect_timeout").inc()
+        self.close("no CONNECT within the connect timeout")
+        return None
+
+    def refuse_connect(self, code: int, reason: str, metric: str) -> None:
+        self.ctx.metrics.refusals.labels(self.ctx.name, metric).inc()
+        with contextlib.suppress(OSError):
+            self.send_client(codec.encode(Connack(False, code), self.version))
+        self.close(reason)
+
+    def establish(self, dial: Callable[[], socket.socket]) -> bytes | None:
+        """CONNECT -> authorize -> dial upstream -> forward CONNECT. Returns the bytes that followed the
+        CONNECT (to be proxied), or None when the connection ended here."""
+        try:
+            first = self.read_connect()
+        except UnsupportedProtocolVersion as exc:
+            # The 3.1.1 return code is the one a client of any level understands (MQTT-3.1.2-2).
+            self.refuse_connect(ConnackV3.UNACCEPTABLE_PROTOCOL_VERSION, str(exc), "malformed")
+            return None
+        except MqttError as exc:
+            if self.version == 5:
+                self.refuse_connect(exc.reason_code, str(exc), "malformed")
+            else:
+                self.ctx.metrics.refusals.labels(self.ctx.name, "malformed").inc()
+                self.close(f"bad CONNECT: {exc}")
+            return None
+        if first is None:
+            return None
+        connect, raw, rest = first
+        self.version = 5 if connect.protocol_level == 5 else 4
+        self.session = Session(
+            id=next_session_id(),
+            listener=self.ctx.name,
+            protocol="mqtt",
+            remote_addr=self.addr,
+            protocol_version=connect.protocol_level,
+            client_id=connect.client_id,
+            username=connect.username,
+            password=connect.password,
+            control=self.control,
+        )
+        decision = self.ctx.chain.connect(self.session)
+        if isinstance(decision, Refusal):
+            logger.info("refused CONNECT of {!r}: {}", self.session, decision.reason or decision.code.value)
+            self.refuse_connect(
+                connack_code(decision.code, self.version), decision.reason, metric_reason(decision.code)
+            )
+            return None
+        self.grant = decision
+        will = connect.will
+        if will is not None and not decision.auth_will(will.topic, will.payload):
+            logger.info("refused CONNECT of {!r}: will topic {!r} not allowed", self.session, will.topic)
+            self.refuse_connect(
+                connack_code(RefusalCode.NOT_AUTHORIZED, self.version), "will not authorized", "will"
+            )
+            return None
+        if decision.interceptors:
+            new = self._intercept(connect, Direction.UP)
+            if new is None:
+                self.refuse_connect(
+                    connack_code(RefusalCode.NOT_AUTHORIZED, self.version),
+                    "dropped by interceptor",
+                    "intercept",
+                )
+                return None
+            raw = self._reencode(connect, new, raw)
+        try:
+            self.upstream = dial()
+        except OSError as exc:
+            logger.warning("upstream {} unreachable: {}", self.ctx.target_label, exc)
+            self.refuse_connect(
+                connack_code(RefusalCode.SERVER_UNAVAILABLE, self.version),
+                f"upstream: {exc}",
+                "upstream_unavailable",
+            )
+            return None
+        self._up_counters.counts[CONNECT] += 1
+        self.send_upstream(raw)
+        return rest
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _intercept(self, packet: Any, direction: Direction) -> Any | None:
+        assert self.session is not None
+        for interceptor in self.grant.interceptors:
+            packet = interceptor.intercept(self.session, packet, direction)
+            if packet is None:
+                return None
+        return packet
+
+    def _reencode(self, before: Any, after: Any, raw: bytes) -> bytes:
+        """The bytes to send for an intercepted packet: the original ones when nothing changed."""
+        new = codec.encode(after, self.version)
+        if after is before and new == codec.encode(
+            codec.decode(raw[0], raw[_header_len(raw) :], self.version), self.version
+        ):
+            return raw
+        return new
+
+    # ------------------------------------------------------------------------------------------ pumps
+    def uplink(self, rest: bytes) -> None:
+        """Device -> broker. Runs in the connection's handler greenlet until the connection ends."""
+        framer = Framer(self.ctx.settings.max_packet_size)
+        counters = self._up_counters
+        data = rest
+        try:
+            while True:
+                if data:
+                    buf, frames = framer.feed(data)
+                    if frames:
+                        out, replies = pump.process_up(self, buf, frames, counters.counts)
+                        if out:
+                            self.send_upstream(out)
+                        for reply in replies:
+                            self.send_client(reply)
+                    counters.flush(len(data))
+                data = self.client.recv(CHUNK)
+                if not data:
+                    self.close("client closed the connection")
+                    return
+        except MqttError as exc:
+            self._fail(exc, "up")
+        except OSError as exc:
+            self.close(f"client socket: {exc}")
+
+    def downlink(self) -> None:
+        """Broker -> device. Runs in the upstream session's greenlet until the connection ends."""
+        assert self.upstream is not None
+        framer = Framer()  # the broker enforces its own limits; the client's maximum is its own business
+        counters = self._down_counters
+        try:
+            while True:
+                data = self.upstream.recv(CHUNK)
+                if not data:
+                    self.close("broker closed the connection")
+                    return
+                buf, frames = framer.feed(data)
+                if frames:
+                    out, upstream_replies, close_after = pump.process_down(self, buf, frames, counters.counts)
+                    if out:
+                        self.send_client(out)
+                    for reply in upstream_replies:
+                        self.send_upstream(reply)
+                    if close_after:
+                        self.close(close_after)
+                        return
+                counters.flush(len(data))
+        except MqttError as exc:
+            self._fail(exc, "down")
+        except OSError as exc:
+            self.close(f"broker socket: {exc}")
+
+
+def _connect_level(buf: bytes, body: int, end: int) -> int:
+    """The protocol level byte of a CONNECT (0 when the packet is too short to hold one)."""
+    if body + 2 > end:
+        return 0
+    name_len = (buf[body] << 8) | buf[body + 1]
+    pos = body + 2 + name_len
+    return buf[pos] if pos < end else 0
+
+
+def _header_len(raw: bytes) -> int:
+    i = 1
+    while raw[i] & 0x80:
+        i += 1
+    return i + 1

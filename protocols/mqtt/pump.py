@@ -1,0 +1,339 @@
+"""Per-chunk packet logic of the proxy, one function per direction.
+
+Each takes the buffer and frame offsets of one chunk and returns what to send on. The common case, every
+packet allowed and unchanged, allocates nothing but the per-PUBLISH topic string and writes the chunk as
+it came. Dropped or rewritten packets switch to splicing (``_Splice``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ferryman.actors.contracts import Direction, Grant
+
+from . import codec
+from .constants import ReasonCode
+from .errors import ProtocolError
+from .framing import Frame
+from .inspect import packet_id_at, publish_fields
+from .packets import Puback, Pubcomp, Publish, Pubrec, Suback, Subscribe, Unsuback, Unsubscribe
+
+if TYPE_CHECKING:
+    from .proxy import MqttConnection
+
+__all__ = ["process_down", "process_up"]
+
+CONNECT, CONNACK, PUBLISH, PUBREL, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, DISCONNECT = (
+    1, 2, 3, 6, 8, 9, 10, 11, 14,
+)  # fmt: skip
+NOT_AUTHORIZED = int(ReasonCode.NOT_AUTHORIZED)
+
+
+class _Splice:
+    """The chunk rebuilt around dropped or replaced packets."""
+
+    __slots__ = ("last", "pieces")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.last = 0
+
+    def put(self, buf: bytes, start: int, end: int, replacement: bytes = b"") -> None:
+        if start > self.last:
+            self.pieces.append(buf[self.last : start])
+        if replacement:
+            self.pieces.append(replacement)
+        self.last = end
+
+    def result(self, buf: bytes, end: int) -> bytes:
+        if end > self.last:
+            self.pieces.append(buf[self.last : end])
+        return b"".join(self.pieces)
+
+
+def _emit(buf: bytes, frames: list[Frame], splice: _Splice | None) -> bytes:
+    end = frames[-1][2]
+    if splice is not None:
+        return splice.result(buf, end)
+    return buf if end == len(buf) else buf[:end]
+
+
+def _decode(conn: MqttConnection, buf: bytes, start: int, body: int, end: int) -> Any:
+    return codec.decode(buf[start], buf[body:end], conn.version)
+
+
+def _ack(conn: MqttConnection, qos: int, pid: int, code: int, local_rel: set[int]) -> bytes | None:
+    """The acknowledgement the proxy gives in place of the far side for a PUBLISH it did not pass on."""
+    if qos == 1:
+        return codec.encode(Puback(pid, code), conn.version)
+    if qos == 2:
+        if code < 0x80:
+            local_rel.add(pid)  # the sender will PUBREL; answer it here
+        return codec.encode(Pubrec(pid, code), conn.version)
+    return None
+
+
+def process_up(
+    conn: MqttConnection, buf: bytes, frames: list[Frame], counts: list[int]
+) -> tuple[bytes, list[bytes]]:
+    """Device -> broker. Returns (bytes for the broker, replies for the device)."""
+    grant = conn.grant
+    v5 = conn.version == 5
+    chain = conn.ctx.chain
+    splice: _Splice | None = None
+    replies: list[bytes] = []
+    for start, body, end in frames:
+        first = buf[start]
+        ptype = first >> 4
+        counts[ptype] += 1
+        if ptype == PUBLISH:
+            if grant.publish_all and not v5 and not chain.wants_publish:
+                continue
+            topic, alias, poff, pid = publish_fields(buf, body, end, first, v5)
+            alias_only = not topic
+            if alias is not None:
+                if alias_only:
+                    known = conn._alias_up.get(alias)
+                    if known is None:
+                        raise ProtocolError(f"unknown topic alias {alias}", 0x94)
+                    topic = known
+                else:
+                    conn._alias_up[alias] = topic
+            payload = buf[poff:end]
+            qos = (first >> 1) & 3
+            if not grant.auth_publish(topic, payload):
+                conn.ctx.metrics.refusals.labels(conn.ctx.name, "publish").inc()
+                if not v5 and conn.ctx.settings.refused_publish_v3 == "disconnect":
+                    raise ProtocolError(f"PUBLISH to {topic!r} not authorized", NOT_AUTHORIZED)
+                splice = splice or _Splice()
+                splice.put(buf, start, end)
+                if alias is not None and not alias_only:
+                    conn._unlearned_up.add(alias)
+                reply = _ack(conn, qos, pid, NOT_AUTHORIZED if v5 else 0, conn._local_rel_up)
+                if reply:
+                    replies.append(reply)
+                continue
+            if grant.interceptors or (alias_only and alias in conn._unlearned_up):
+                packet = _decode(conn, buf, start, body, end)
+                packet.topic = topic
+                new = conn._intercept(packet, Direction.UP) if grant.interceptors else packet
+                splice = splice or _Splice()
+                if new is None:
+                    splice.put(buf, start, end)
+                    reply = _ack(conn, qos, pid, 0, conn._local_rel_up)
+                    if reply:
+                        replies.append(reply)
+                    continue
+                conn._unlearned_up.discard(alias or 0)
+                splice.put(buf, start, end, codec.encode(new, conn.version))
+                if isinstance(new, Publish):
+                    topic, payload = new.topic, new.payload
+            if chain.wants_publish and conn.session is not None:
+                chain.on_publish(conn.session, topic, payload)
+        elif ptype == SUBSCRIBE:
+            splice = _subscribe(conn, buf, start, body, end, splice, replies)
+        elif ptype == UNSUBSCRIBE:
+            splice = _unsubscribe(conn, buf, start, body, end, splice, replies)
+        elif ptype == PUBREL and conn._local_rel_up:
+            pid = packet_id_at(buf, body)
+            if pid in conn._local_rel_up:
+                conn._local_rel_up.discard(pid)
+                splice = splice or _Splice()
+                splice.put(buf, start, end)
+                replies.append(codec.encode(Pubcomp(pid), conn.version))
+        elif ptype == CONNECT:
+            raise ProtocolError("second CONNECT on one connection")
+        elif ptype == DISCONNECT:
+            conn.client_disconnected = True
+        elif grant.interceptors:
+            splice = _intercept_other(conn, buf, start, body, end, splice, Direction.UP)
+    return _emit(buf, frames, splice), replies
+
+
+def _subscribe(
+    conn: MqttConnection,
+    buf: bytes,
+    start: int,
+    body: int,
+    end: int,
+    splice: _Splice | None,
+    replies: list[bytes],
+) -> _Splice | None:
+    packet = _decode(conn, buf, start, body, end)
+    assert isinstance(packet, Subscribe)
+    grant = conn.grant
+    refused = [i for i, s in enumerate(packet.subscriptions) if not grant.auth_subscribe(s.topic_filter)]
+    allowed = [s for i, s in enumerate(packet.subscriptions) if i not in refused]
+    refused_code = NOT_AUTHORIZED if conn.version == 5 else 0x80
+    if refused:
+        conn.ctx.metrics.refusals.labels(conn.ctx.name, "subscribe").inc(len(refused))
+    if conn.ctx.chain.wants_subscribe and allowed and conn.session is not None:
+        conn.ctx.chain.on_subscribe(conn.session, [s.topic_filter for s in allowed])
+    if not allowed:
+        splice = splice or _Splice()
+        splice.put(buf, start, end)
+        suback = Suback(packet.packet_id, [refused_code] * len(packet.subscriptions))
+        replies.append(codec.encode(suback, conn.version))
+        return splice
+    if not refused and not grant.interceptors:
+        return splice
+    if refused:
+        conn._pending_sub[(SUBACK, packet.packet_id)] = (refused, len(packet.subscriptions), refused_code)
+        packet.subscriptions = allowed
+    new = conn._intercept(packet, Direction.UP) if grant.interceptors else packet
+    splice = splice or _Splice()
+    splice.put(buf, start, end, codec.encode(new, conn.version) if new is not None else b"")
+    return splice
+
+
+def _unsubscribe(
+    conn: MqttConnection,
+    buf: bytes,
+    start: int,
+    body: int,
+    end: int,
+    splice: _Splice | None,
+    replies: list[bytes],
+) -> _Splice | None:
+    grant = conn.grant
+    chain = conn.ctx.chain
+    if (
+        not grant.interceptors
+        and not chain.wants_unsubscribe
+        and type(grant).auth_unsubscribe is Grant.auth_unsubscribe
+    ):
+        return splice
+    packet = _decode(conn, buf, start, body, end)
+    assert isinstance(packet, Unsubscribe)
+    refused = [i for i, f in enumerate(packet.topic_filters) if not grant.auth_unsubscribe(f)]
+    allowed = [f for i, f in enumerate(packet.topic_filters) if i not in refused]
+    if chain.wants_unsubscribe and allowed and conn.session is not None:
+        chain.on_unsubscribe(conn.session, allowed)
+    if not allowed:
+        splice = splice or _Splice()
+        splice.put(buf, start, end)
+        codes = [NOT_AUTHORIZED] * len(packet.topic_filters) if conn.version == 5 else []
+        replies.append(codec.encode(Unsuback(packet.packet_id, codes), conn.version))
+        return splice
+    if refused:
+        conn._pending_sub[(UNSUBACK, packet.packet_id)] = (refused, len(packet.topic_filters), NOT_AUTHORIZED)
+        packet.topic_filters = allowed
+    elif not grant.interceptors:
+        return splice
+    new = conn._intercept(packet, Direction.UP) if grant.interceptors else packet
+    splice = splice or _Splice()
+    splice.put(buf, start, end, codec.encode(new, conn.version) if new is not None else b"")
+    return splice
+
+
+def _intercept_other(
+    conn: MqttConnection,
+    buf: bytes,
+    start: int,
+    body: int,
+    end: int,
+    splice: _Splice | None,
+    direction: Direction,
+) -> _Splice | None:
+    packet = _decode(conn, buf, start, body, end)
+    raw = buf[start:end]
+    new = conn._intercept(packet, direction)
+    if new is None:
+        splice = splice or _Splice()
+        splice.put(buf, start, end)
+        return splice
+    encoded = codec.encode(new, conn.version)
+    if encoded != raw and encoded != codec.encode(_decode(conn, buf, start, body, end), conn.version):
+        splice = splice or _Splice()
+        splice.put(buf, start, end, encoded)
+    return splice
+
+
+def process_down(
+    conn: MqttConnection, buf: bytes, frames: list[Frame], counts: list[int]
+) -> tuple[bytes, list[bytes], str]:
+    """Broker -> device. Returns (bytes for the device, replies for the broker, a close reason or "")."""
+    grant = conn.grant
+    v5 = conn.version == 5
+    splice: _Splice | None = None
+    replies: list[bytes] = []
+    close_after = ""
+    for start, body, end in frames:
+        first = buf[start]
+        ptype = first >> 4
+        counts[ptype] += 1
+        if ptype == PUBLISH:
+            if grant.deliver_all and not v5:
+                continue
+            topic, alias, _poff, pid = publish_fields(buf, body, end, first, v5)
+            alias_only = not topic
+            if alias is not None:
+                if alias_only:
+                    known = conn._alias_down.get(alias)
+                    if known is None:
+                        raise ProtocolError(f"broker used unknown topic alias {alias}", 0x94)
+                    topic = known
+                else:
+                    conn._alias_down[alias] = topic
+            qos = (first >> 1) & 3
+            new: Any = None
+            if grant.interceptors:
+                packet = _decode(conn, buf, start, body, end)
+                packet.topic = topic
+                new = conn._intercept(packet, Direction.DOWN)
+                if new is None:
+                    splice = splice or _Splice()
+                    splice.put(buf, start, end)
+                    reply = _ack(conn, qos, pid, 0, conn._local_rel_down)
+                    if reply:
+                        replies.append(reply)
+                    continue
+                if isinstance(new, Publish):
+                    topic = new.topic
+            if not grant.auth_deliver(topic):
+                conn.ctx.metrics.refusals.labels(conn.ctx.name, "deliver").inc()
+                splice = splice or _Splice()
+                splice.put(buf, start, end)
+                if alias is not None and not alias_only:
+                    conn._unlearned_down.add(alias)
+                reply = _ack(conn, qos, pid, 0, conn._local_rel_down)
+                if reply:
+                    replies.append(reply)
+                continue
+            if new is not None or (alias_only and alias in conn._unlearned_down):
+                if new is None:
+                    new = _decode(conn, buf, start, body, end)
+                    new.topic = topic
+                conn._unlearned_down.discard(alias or 0)
+                splice = splice or _Splice()
+                splice.put(buf, start, end, codec.encode(new, conn.version))
+        elif (ptype in (SUBACK, UNSUBACK)) and conn._pending_sub:
+            plan = conn._pending_sub.pop((ptype, packet_id_at(buf, body)), None)
+            if plan is not None:
+                ack = _decode(conn, buf, start, body, end)
+                refused, total, code = plan
+                theirs = iter(ack.reason_codes)
+                if ptype == SUBACK or v5:
+                    ack.reason_codes = [code if i in refused else next(theirs, code) for i in range(total)]
+                splice = splice or _Splice()
+                splice.put(buf, start, end, codec.encode(ack, conn.version))
+        elif ptype == PUBREL and conn._local_rel_down:
+            pid = packet_id_at(buf, body)
+            if pid in conn._local_rel_down:
+                conn._local_rel_down.discard(pid)
+                splice = splice or _Splice()
+                splice.put(buf, start, end)
+                replies.append(codec.encode(Pubcomp(pid), conn.version))
+        elif ptype == CONNACK and not conn.connected:
+            code = buf[body + 1] if body + 1 < end else 0xFF
+            if code == 0:
+                conn.connected = True
+                if conn.session is not None:
+                    conn.ctx.chain.on_connect(conn.session, grant)
+            else:
+                close_after = f"broker refused the CONNECT with code {code}"
+        elif ptype == DISCONNECT:
+            close_after = "broker sent DISCONNECT"
+        elif grant.interceptors:
+            splice = _intercept_other(conn, buf, start, body, end, splice, Direction.DOWN)
+    return _emit(buf, frames, splice), replies, close_after

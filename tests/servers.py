@@ -1,0 +1,157 @@
+"""Real servers for the tests: mosquitto and the ferryman gateway itself, each a child process on a free
+127.0.0.1 port, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def mosquitto_config(port: int, extra: str = "") -> str:
+    """The project's broker config (config/mosquitto.conf) moved to ``port``."""
+    base = (REPO / "config" / "mosquitto.conf").read_text()
+    lines = [ln for ln in base.splitlines() if not ln.startswith("listener ")]
+    return f"listener {port} 127.0.0.1\n" + "\n".join(lines) + "\n" + extra
+
+
+class Mosquitto:
+    def __init__(self, workdir: Path, port: int | None = None, extra: str = "") -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conf = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(mosquitto_config(self.port, self.extra))
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=self.log.open("ab")
+        )
+        wait_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class GatewayProcess:
+    """``python -m ferryman run --config FILE`` with ``{port}``/``{metrics_port}`` filled into the TOML."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        config: str,
+        env: dict[str, str] | None = None,
+        ports: int = 1,
+        fills: dict[str, object] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ports = [free_port() for _ in range(ports)]
+        self.port = self.ports[0]
+        self.metrics_port = free_port()
+        self.fills: dict[str, object] = {
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "workdir": str(workdir),
+        }
+        self.fills.update({f"port{i}": p for i, p in enumerate(self.ports)})
+        self.fills.update(fills or {})
+        self.config_path = workdir / "ferryman.toml"
+        self.config_path.write_text(config.format(**self.fills))
+        self.env = dict(os.environ, **(env or {}))
+        self.stderr_path = workdir / "ferryman.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ferryman", "run", "--config", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr_path.open("wb"),
+            env=self.env,
+            cwd=self.workdir,
+        )
+        try:
+            for port in self.ports:
+                wait_port(port, timeout=20, proc=self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"gateway did not start:\n{self.stderr()}") from None
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def rewrite_config(self, config: str) -> None:
+        self.config_path.write_text(config.format(**self.fills))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, str]:
+        if self.proc is None:
+            return 0, self.stderr()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                rc = self.proc.returncode
+                self.proc = None
+                return rc if rc else -9, self.stderr() + "\n(killed: did not stop within the timeout)"
+        rc = self.proc.returncode
+        self.proc = None
+        return rc, self.stderr()
+
+    def __enter__(self) -> GatewayProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
