@@ -13,7 +13,7 @@ from ferryman.actors.contracts import Direction, Grant
 
 from . import codec
 from .constants import ReasonCode
-from .errors import ProtocolError
+from .errors import MalformedPacket, ProtocolError
 from .framing import Frame
 from .inspect import packet_id_at, publish_fields
 from .packets import Puback, Pubcomp, Publish, Pubrec, Suback, Subscribe, Unsuback, Unsubscribe
@@ -27,6 +27,28 @@ CONNECT, CONNACK, PUBLISH, PUBREL, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, DIS
     1, 2, 3, 6, 8, 9, 10, 11, 14,
 )  # fmt: skip
 NOT_AUTHORIZED = int(ReasonCode.NOT_AUTHORIZED)
+
+
+def _first_bytes(fixed: tuple[int, ...]) -> bytes:
+    """A 256-entry table: 1 where a first byte (type and flags) is valid for this direction.
+    PUBLISH may carry any flags but QoS 3 and DUP with QoS 0 (MQTT-3.3.1-2, 3.3.1-4)."""
+    table = bytearray(256)
+    for b in fixed:
+        table[b] = 1
+    for flags in range(16):
+        qos = (flags >> 1) & 3
+        if qos != 3 and not (flags & 8 and qos == 0):
+            table[0x30 | flags] = 1
+    return bytes(table)
+
+
+# Device -> broker: PUBACK PUBREC PUBREL PUBCOMP SUBSCRIBE UNSUBSCRIBE PINGREQ DISCONNECT (+ AUTH, CONNECT on
+# 5.0; CONNECT is refused later as a second CONNECT). Broker -> device: CONNACK, acks, SUBACK, UNSUBACK,
+# PINGRESP (+ DISCONNECT and AUTH on 5.0).
+_UP_COMMON = (0x10, 0x40, 0x50, 0x62, 0x70, 0x82, 0xA2, 0xC0, 0xE0)
+VALID_UP = {4: _first_bytes(_UP_COMMON), 5: _first_bytes((*_UP_COMMON, 0xF0))}
+_DOWN_COMMON = (0x20, 0x40, 0x50, 0x62, 0x70, 0x90, 0xB0, 0xD0)
+VALID_DOWN = {4: _first_bytes(_DOWN_COMMON), 5: _first_bytes((*_DOWN_COMMON, 0xE0, 0xF0))}
 
 
 class _Splice:
@@ -80,10 +102,13 @@ def process_up(
     grant = conn.grant
     v5 = conn.version == 5
     chain = conn.ctx.chain
+    valid = VALID_UP[conn.version]
     splice: _Splice | None = None
     replies: list[bytes] = []
     for start, body, end in frames:
         first = buf[start]
+        if not valid[first]:
+            raise MalformedPacket(f"invalid packet type or flags 0x{first:02x} from the client")
         ptype = first >> 4
         counts[ptype] += 1
         if ptype == PUBLISH:
@@ -255,11 +280,14 @@ def process_down(
     """Broker -> device. Returns (bytes for the device, replies for the broker, a close reason or "")."""
     grant = conn.grant
     v5 = conn.version == 5
+    valid = VALID_DOWN[conn.version]
     splice: _Splice | None = None
     replies: list[bytes] = []
     close_after = ""
     for start, body, end in frames:
         first = buf[start]
+        if not valid[first]:
+            raise MalformedPacket(f"invalid packet type or flags 0x{first:02x} from the broker")
         ptype = first >> 4
         counts[ptype] += 1
         if ptype == PUBLISH:
