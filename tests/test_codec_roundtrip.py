@@ -17,7 +17,7 @@ from ferryman.protocols.mqtt import (
     Publish,
     decode,
     encode,
-    publish_topic,
+    publish_fields,
 )
 from ferryman.protocols.mqtt.constants import PropertyId
 from tests.test_codec_strategies import packets, publishes, split
@@ -43,19 +43,19 @@ def test_roundtrip(version: int, data: st.DataObject) -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 @SETTINGS
 @given(data=st.data())
-def test_publish_topic_agrees_with_decode(version: int, data: st.DataObject) -> None:
+def test_publish_fields_agrees_with_decode(version: int, data: st.DataObject) -> None:
     packet = data.draw(publishes(version == 5))
     buf, frames = Framer().feed(encode(packet, version))
     (start, body, end) = frames[0]
     alias = next((v for pid, v in packet.properties if pid == PropertyId.TOPIC_ALIAS), None)
-    assert publish_topic(buf, body, end, buf[start], version) == (packet.topic, alias)
+    topic, got_alias, payload_at, packet_id = publish_fields(buf, body, end, buf[start], version)
+    assert (topic, got_alias, packet_id) == (packet.topic, alias, packet.packet_id or 0)
+    assert buf[payload_at:end] == packet.payload
     # and with the packet somewhere inside a larger buffer
     prefix = data.draw(st.binary(max_size=3))
     shifted = prefix + buf + data.draw(st.binary(max_size=3))
-    assert publish_topic(shifted, body + len(prefix), end + len(prefix), buf[start], version) == (
-        packet.topic,
-        alias,
-    )
+    fields = publish_fields(shifted, body + len(prefix), end + len(prefix), buf[start], version)
+    assert fields == (topic, alias, payload_at + len(prefix), packet_id)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

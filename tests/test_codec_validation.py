@@ -15,7 +15,7 @@ from ferryman.protocols.mqtt import (
     UnsupportedProtocolVersion,
     decode,
     encode,
-    publish_topic,
+    publish_fields,
 )
 
 M, P, V = MalformedPacket, ProtocolError, UnsupportedProtocolVersion
@@ -240,12 +240,12 @@ PUBLISH_CASES = {k: v for k, v in CASES.items() if v[0] >> 4 == 3}
 @pytest.mark.parametrize(
     ("first", "body", "version", "exc", "code"), list(PUBLISH_CASES.values()), ids=list(PUBLISH_CASES)
 )
-def test_publish_topic_rejects_like_decode(
+def test_publish_fields_rejects_like_decode(
     first: int, body: bytes, version: int, exc: type[MqttError], code: int
 ) -> None:
     buf = b"\x30\x00" + body + b"\xc0\x00"  # something before and after the packet in the buffer
     with pytest.raises(MqttError) as info:
-        publish_topic(buf, 2, 2 + len(body), first, version)
+        publish_fields(buf, 2, 2 + len(body), first, version)[:2]
     assert type(info.value) is exc
     assert info.value.reason_code == code
 
@@ -287,7 +287,7 @@ ACCEPTED: dict[str, tuple[int, bytes, int]] = {
 def test_accepted(first: int, body: bytes, version: int) -> None:
     packet = decode(first, body, version)
     if isinstance(packet, Publish):
-        assert publish_topic(body, 0, len(body), first, version)[0] == packet.topic
+        assert publish_fields(body, 0, len(body), first, version)[:2][0] == packet.topic
 
 
 def test_short_forms_decode_to_defaults() -> None:
@@ -295,13 +295,13 @@ def test_short_forms_decode_to_defaults() -> None:
     assert decode(0xE0, b"", 5) == decode(0xE0, b"\x00\x00", 5) == decode(0xE0, b"\x00", 5)
 
 
-def test_publish_topic_returns_alias() -> None:
+def test_publish_fields_returns_alias() -> None:
     body = s("") + props(b"\x23\x00\x07") + b"payload"
-    assert publish_topic(body, 0, len(body), 0x30, 5) == ("", 7)
+    assert publish_fields(body, 0, len(body), 0x30, 5)[:2] == ("", 7)
     body = s("a/b") + b"\x00\x09" + props(b"\x26" + s("k") + s("v")) + b"payload"
-    assert publish_topic(body, 0, len(body), 0x32, 5) == ("a/b", None)
+    assert publish_fields(body, 0, len(body), 0x32, 5)[:2] == ("a/b", None)
     body = s("a/b") + b"payload"
-    assert publish_topic(body, 0, len(body), 0x30, 4) == ("a/b", None)
+    assert publish_fields(body, 0, len(body), 0x30, 4)[:2] == ("a/b", None)
 
 
 def test_encode_rejects_strings_over_65535_bytes() -> None:

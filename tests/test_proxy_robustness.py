@@ -66,7 +66,7 @@ def test_malformed_client_is_closed_while_another_keeps_publishing(
 def test_v5_malformed_gets_disconnect_with_reason(proxy: GatewayProcess) -> None:
     c = RawClient(proxy.port, 5)
     assert c.connect(uid(), "dev1", "pw1").reason_code == 0
-    c.send_raw(b"\x30\x05\x00\x03a/#")  # wildcard in a PUBLISH topic
+    c.send_raw(b"\x30\x06\x00\x03a/#\x00")  # wildcard in a PUBLISH topic (empty property block)
     assert c.closed_within(3)
     assert [p.reason_code for p in c.inbox if isinstance(p, Disconnect)] == [0x90]
 

@@ -1,6 +1,6 @@
 """ferryman.protocols.mqtt: MQTT 3.1 / 3.1.1 / 5 codec, framing and constants."""
 
-from .codec import PROTOCOLS, decode, decode_connect, encode, publish_topic
+from .codec import PROTOCOLS, decode, decode_connect, encode, publish_fields
 from .constants import (
     ALLOWED_REASON_CODES,
     PROPERTIES,
@@ -91,6 +91,6 @@ __all__ = [
     "encode",
     "encode_remaining_length",
     "get_property",
-    "publish_topic",
+    "publish_fields",
     "user_properties",
 ]

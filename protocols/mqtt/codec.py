@@ -1,7 +1,7 @@
 """Decode MQTT 3.1 / 3.1.1 / 5 packet bodies into dataclasses, validating as the spec requires.
 
 ``decode(first_byte, body, version)`` takes what ``Framer`` yields: the fixed header's first byte and the
-variable header plus payload. ``publish_topic`` is the data plane's fast path: it reads and validates only
+variable header plus payload. ``publish_fields`` is the data plane's fast path: it reads and validates only
 a PUBLISH's topic (and MQTT 5 Topic Alias) straight from the framer's buffer, without touching the payload.
 Encoding lives in ``encoder.py`` and is re-exported here.
 """
@@ -45,7 +45,7 @@ from .packets import (
 )
 from .properties import decode_properties, read_binary, read_string, read_u16
 
-__all__ = ["PROTOCOLS", "decode", "decode_connect", "encode", "publish_topic"]
+__all__ = ["PROTOCOLS", "decode", "decode_connect", "encode", "publish_fields"]
 
 # (protocol name, protocol level) pairs a CONNECT may carry.
 PROTOCOLS = frozenset((("MQTT", 4), ("MQTT", 5), ("MQIsdp", 3)))
@@ -76,18 +76,23 @@ def decode_connect(body: bytes | memoryview) -> Connect:
     return _decode_connect(body if type(body) is bytes else bytes(body), 0, False)
 
 
-def publish_topic(buf: bytes, body: int, end: int, first_byte: int, version: int) -> tuple[str, int | None]:
-    """The topic name and (MQTT 5) Topic Alias of the PUBLISH at ``buf[body:end]``, payload untouched.
+def publish_fields(
+    buf: bytes, body: int, end: int, first_byte: int, version: int
+) -> tuple[str, int | None, int, int]:
+    """``(topic, topic alias or None, payload offset, packet id or 0)`` of the PUBLISH at ``buf[body:end]``,
+    payload untouched: the proxy's per-PUBLISH fast path.
 
     Validates the fixed header flags, the topic, the packet identifier and the properties exactly as
-    ``decode`` does, so a packet that passes here differs from a decodable one only in its payload (which
-    decode does not validate either)."""
-    topic, _, props, _ = _publish_head(buf, body, end, first_byte & 0x0F, version == 5)
+    ``decode`` does (it is the same code), so a packet that passes here differs from a decodable one only
+    in its payload (which decode does not validate either)."""
+    topic, packet_id, props, pos = _publish_head(buf, body, end, first_byte & 0x0F, version == 5)
+    alias = None
     if props:
         for pid, value in props:
             if pid == _TOPIC_ALIAS:
-                return topic, cast(int, value)
-    return topic, None
+                alias = cast(int, value)
+                break
+    return topic, alias, pos, packet_id or 0
 
 
 def _publish_head(

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from ferryman.actors.contracts import Direction, Grant
 
 from . import codec
+from .codec import publish_fields
 from .constants import ReasonCode
 from .errors import MalformedPacket, ProtocolError
 from .framing import Frame
-from .inspect import packet_id_at, publish_fields
 from .packets import Puback, Pubcomp, Publish, Pubrec, Suback, Subscribe, Unsuback, Unsubscribe
 
 if TYPE_CHECKING:
@@ -27,6 +27,10 @@ CONNECT, CONNACK, PUBLISH, PUBREL, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, DIS
     1, 2, 3, 6, 8, 9, 10, 11, 14,
 )  # fmt: skip
 NOT_AUTHORIZED = int(ReasonCode.NOT_AUTHORIZED)
+
+
+def packet_id_at(buf: bytes, pos: int) -> int:
+    return (buf[pos] << 8) | buf[pos + 1]
 
 
 def _first_bytes(fixed: tuple[int, ...]) -> bytes:
@@ -114,7 +118,7 @@ def process_up(
         if ptype == PUBLISH:
             if grant.publish_all and not v5 and not chain.wants_publish:
                 continue
-            topic, alias, poff, pid = publish_fields(buf, body, end, first, v5)
+            topic, alias, poff, pid = publish_fields(buf, body, end, first, conn.version)
             alias_only = not topic
             if alias is not None:
                 if alias_only:
@@ -293,7 +297,7 @@ def process_down(
         if ptype == PUBLISH:
             if grant.deliver_all and not v5:
                 continue
-            topic, alias, _poff, pid = publish_fields(buf, body, end, first, v5)
+            topic, alias, _poff, pid = publish_fields(buf, body, end, first, conn.version)
             alias_only = not topic
             if alias is not None:
                 if alias_only:
