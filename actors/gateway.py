@@ -84,7 +84,7 @@ class Gateway:
     def _start(self) -> None:
         s = self.settings
         self.router = Router.start()
-        specs: list[tuple[str, Mapping[str, Any]]] = [(s.auth.handler, {})]
+        specs: list[tuple[str, Mapping[str, Any]]] = [(s.auth.handler, s.auth.options)]
         specs += [(h.name, h.options) for h in s.handlers]
         for name, options in specs:
             cls = self.handler_class(name)
@@ -95,6 +95,9 @@ class Gateway:
         chain = HandlerChain(self.handlers)
         for ls in s.listeners:
             listener_cls = self.listener_class(ls.protocol)
+            problems = listener_cls.validate_settings(ls)
+            if problems:
+                raise GatewayError(f"listener {ls.name!r}: " + "; ".join(problems))
             try:
                 self.listeners[ls.name] = listener_cls.start(ls, chain, self.metrics)
             except OSError as exc:

@@ -31,7 +31,9 @@ def _handler_problems(settings: Settings) -> list[str]:
 
     gateway = build_gateway(settings)
     problems: list[str] = []
-    specs: list[tuple[str, str, Mapping[str, Any]]] = [("auth.handler", settings.auth.handler, {})]
+    specs: list[tuple[str, str, Mapping[str, Any]]] = [
+        ("auth.handler", settings.auth.handler, settings.auth.options)
+    ]
     specs += [(f"handler[{i}]", h.name, h.options) for i, h in enumerate(settings.handlers)]
     for where, name, options in specs:
         try:
@@ -42,9 +44,11 @@ def _handler_problems(settings: Settings) -> list[str]:
         problems += [f"{where} ({name}): {p}" for p in cls.validate_options(options, settings)]
     for i, ls in enumerate(settings.listeners):
         try:
-            gateway.listener_class(ls.protocol)
+            listener_cls = gateway.listener_class(ls.protocol)
         except GatewayError:
             problems.append(f"listener[{i}].protocol: {ls.protocol!r} is not available in this version yet")
+            continue
+        problems += [f"listener[{i}]: {p}" for p in listener_cls.validate_settings(ls)]
     return problems
 
 

@@ -134,3 +134,25 @@ def test_hash_password_output_verifies() -> None:
     encoded = out.stdout.strip()
     assert verify_password(b"s3cret", encoded)
     assert not verify_password(b"other", encoded)
+
+
+def test_check_refuses_what_this_version_cannot_do(tmp_path: Path) -> None:
+    (tmp_path / "s.crt").write_text("x")
+    (tmp_path / "s.key").write_text("x")
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text(
+        """
+[[listener]]
+name = "mqtts"
+protocol = "mqtt"
+address = "127.0.0.1:8883"
+target = "tls://127.0.0.1:8883"
+[listener.tls]
+cert_file = "s.crt"
+key_file = "s.key"
+"""
+    )
+    out = ferryman("check", "--config", str(cfg))
+    assert out.returncode == 1
+    assert "listener[0]: TLS listeners" in out.stderr
+    assert "listener[0]: target scheme 'tls'" in out.stderr

@@ -23,6 +23,7 @@ from ferryman import (
 )
 from ferryman.actors.contracts import CombinedGrant
 from ferryman.config import load_settings
+from ferryman.protocols.mqtt.packets import Disconnect
 from ferryman.wiring import HANDLERS, LISTENERS
 from tests.rawclient import RawClient
 from tests.servers import Mosquitto, free_port
@@ -114,7 +115,9 @@ def test_on_disconnect_fires_exactly_once_per_connected_session(library_gateway:
     assert live.connect("live", "dev1", "pw1").reason_code == 0
 
     wait_for(lambda: sum(1 for e in Recorder.events if e[0] == "disconnect") >= 3)
-    library_gateway.stop()  # closes "live" during shutdown
+    library_gateway.stop()  # closes "live" during shutdown, telling it why
+    assert live.closed_within(5)
+    assert [p.reason_code for p in live.inbox if isinstance(p, Disconnect)] == [0x8B]
     events = list(Recorder.events)
     connects = {sid: cid for kind, sid, cid in events if kind == "connect"}
     disconnects = collections.Counter(sid for kind, sid, _ in events if kind == "disconnect")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import pykka
 from gevent.server import StreamServer
@@ -39,28 +38,28 @@ class ListenerContext:
         return f"{self.target_host}:{self.target_port}"
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class MqttListener(pykka.ThreadingActor):
     """One ``[[listener]]`` with ``protocol = "mqtt"`` over plain TCP."""
 
+    @classmethod
+    def validate_settings(cls, settings: Any) -> list[str]:
+        """What this listener cannot do with these settings (checked by the Gateway and `ferryman check`)."""
+        problems = []
+        if settings.tls is not None:
+            problems.append("TLS listeners ([listener.tls]) are not available in this version yet")
+        scheme = settings.parsed_target.scheme
+        if scheme != "tcp":
+            problems.append(f"target scheme {scheme!r} is not available yet (use tcp://)")
+        return problems
+
     def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
         super().__init__()
-        target = urlsplit(settings.target)
-        if target.scheme != "tcp":
-            raise ValueError(
-                f"listener {settings.name!r}: target scheme {target.scheme!r} is not supported yet"
-            )
-        self.ctx = ListenerContext(
-            settings.name, settings, chain, metrics, target.hostname or "127.0.0.1", target.port or 1883
-        )
+        target = settings.parsed_target
+        self.ctx = ListenerContext(settings.name, settings, chain, metrics, target.host, target.port)
         self.connections: set[MqttConnection] = set()
         self._open = metrics.connections_open.labels(settings.name)
         self._total = metrics.connections_total.labels(settings.name)
-        self.server = StreamServer(split_address(settings.address), self._handle)
+        self.server = StreamServer((settings.host, settings.port), self._handle)
         self.server.init_socket()
         self.address: tuple[str, int] = self.server.address[:2]
 
