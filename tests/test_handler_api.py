@@ -204,3 +204,48 @@ def test_router_delivers_by_kind_in_order() -> None:
             if ref.is_alive():
                 ref.stop()
         assert not pykka.ActorRegistry.get_by_class(Sink)
+
+
+class DropSubscribes:
+    """An interceptor that swallows every SUBSCRIBE and UNSUBSCRIBE going up."""
+
+    def intercept(self, session: Session, packet: Any, direction: Any) -> Any | None:
+        from ferryman.protocols.mqtt.packets import Subscribe, Unsubscribe
+
+        return None if isinstance(packet, Subscribe | Unsubscribe) else packet
+
+
+class Dropper(HandlerActor):
+    def auth_connect(self, session: Session) -> Grant:
+        return Grant(["#"], ["#"], interceptors=[DropSubscribes()])
+
+
+@pytest.mark.parametrize(("version", "code"), [(4, 0x80), (5, 0x87)])
+def test_a_dropped_subscribe_is_still_answered(
+    broker: Mosquitto, tmp_path: Path, version: int, code: int
+) -> None:
+    port = free_port()
+    cfg = tmp_path / "drop.toml"
+    cfg.write_text(
+        f"""
+[metrics]
+address = ""
+[[listener]]
+name = "mqtt"
+protocol = "mqtt"
+address = "127.0.0.1:{port}"
+target = "tcp://127.0.0.1:{broker.port}"
+[auth]
+handler = "dropper"
+"""
+    )
+    gw = Gateway(load_settings(cfg), LISTENERS, {"dropper": Dropper})
+    gw.start()
+    try:
+        c = RawClient(port, version)
+        assert c.connect("d").reason_code == 0
+        assert c.subscribe("a/#", "b").reason_codes == [code, code]  # no hang: the proxy answers
+        assert c.unsubscribe("a/#").reason_codes == ([0x87] if version == 5 else [])
+        c.disconnect()
+    finally:
+        gw.stop()

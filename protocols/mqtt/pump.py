@@ -16,7 +16,7 @@ from .codec import publish_fields
 from .constants import ReasonCode
 from .errors import MalformedPacket, ProtocolError
 from .framing import Frame
-from .packets import Puback, Pubcomp, Publish, Pubrec, Suback, Subscribe, Unsuback, Unsubscribe
+from .packets import Puback, Pubcomp, Publish, Pubrec, Suback, Unsuback
 
 if TYPE_CHECKING:
     from .proxy import MqttConnection
@@ -159,10 +159,8 @@ def process_up(
                     topic, payload = new.topic, new.payload
             if chain.wants_publish and conn.session is not None:
                 chain.on_publish(conn.session, topic, payload)
-        elif ptype == SUBSCRIBE:
-            splice = _subscribe(conn, buf, start, body, end, splice, replies)
-        elif ptype == UNSUBSCRIBE:
-            splice = _unsubscribe(conn, buf, start, body, end, splice, replies)
+        elif ptype in (SUBSCRIBE, UNSUBSCRIBE):
+            splice = _filters(conn, buf, start, body, end, splice, replies)
         elif ptype == PUBREL and conn._local_rel_up:
             pid = packet_id_at(buf, body)
             if pid in conn._local_rel_up:
@@ -179,7 +177,7 @@ def process_up(
     return _emit(buf, frames, splice), replies
 
 
-def _subscribe(
+def _filters(
     conn: MqttConnection,
     buf: bytes,
     start: int,
@@ -188,70 +186,57 @@ def _subscribe(
     splice: _Splice | None,
     replies: list[bytes],
 ) -> _Splice | None:
-    packet = _decode(conn, buf, start, body, end)
-    assert isinstance(packet, Subscribe)
-    grant = conn.grant
-    refused = [i for i, s in enumerate(packet.subscriptions) if not grant.auth_subscribe(s.topic_filter)]
-    allowed = [s for i, s in enumerate(packet.subscriptions) if i not in refused]
-    refused_code = NOT_AUTHORIZED if conn.version == 5 else 0x80
-    if refused:
-        conn.ctx.metrics.refusals.labels(conn.ctx.name, "subscribe").inc(len(refused))
-    if conn.ctx.chain.wants_subscribe and allowed and conn.session is not None:
-        conn.ctx.chain.on_subscribe(conn.session, [s.topic_filter for s in allowed])
-    if not allowed:
-        splice = splice or _Splice()
-        splice.put(buf, start, end)
-        suback = Suback(packet.packet_id, [refused_code] * len(packet.subscriptions))
-        replies.append(codec.encode(suback, conn.version))
-        return splice
-    if not refused and not grant.interceptors:
-        return splice
-    if refused:
-        conn._pending_sub[(SUBACK, packet.packet_id)] = (refused, len(packet.subscriptions), refused_code)
-        packet.subscriptions = allowed
-    new = conn._intercept(packet, Direction.UP) if grant.interceptors else packet
-    splice = splice or _Splice()
-    splice.put(buf, start, end, codec.encode(new, conn.version) if new is not None else b"")
-    return splice
-
-
-def _unsubscribe(
-    conn: MqttConnection,
-    buf: bytes,
-    start: int,
-    body: int,
-    end: int,
-    splice: _Splice | None,
-    replies: list[bytes],
-) -> _Splice | None:
+    """SUBSCRIBE or UNSUBSCRIBE: judge each filter, pass the allowed ones on, and make sure the device
+    gets its SUBACK / UNSUBACK with a code per filter, whoever answers (broker, proxy, or both merged)."""
     grant = conn.grant
     chain = conn.ctx.chain
+    sub = buf[start] >> 4 == SUBSCRIBE
     if (
-        not grant.interceptors
+        not sub
+        and not grant.interceptors
         and not chain.wants_unsubscribe
         and type(grant).auth_unsubscribe is Grant.auth_unsubscribe
     ):
         return splice
     packet = _decode(conn, buf, start, body, end)
-    assert isinstance(packet, Unsubscribe)
-    refused = [i for i, f in enumerate(packet.topic_filters) if not grant.auth_unsubscribe(f)]
-    allowed = [f for i, f in enumerate(packet.topic_filters) if i not in refused]
-    if chain.wants_unsubscribe and allowed and conn.session is not None:
-        chain.on_unsubscribe(conn.session, allowed)
-    if not allowed:
-        splice = splice or _Splice()
-        splice.put(buf, start, end)
-        codes = [NOT_AUTHORIZED] * len(packet.topic_filters) if conn.version == 5 else []
-        replies.append(codec.encode(Unsuback(packet.packet_id, codes), conn.version))
-        return splice
+    if sub:
+        names = [s.topic_filter for s in packet.subscriptions]
+        refused = {i for i, f in enumerate(names) if not grant.auth_subscribe(f)}
+        ack_type, code = SUBACK, NOT_AUTHORIZED if conn.version == 5 else 0x80
+    else:
+        names = list(packet.topic_filters)
+        refused = {i for i, f in enumerate(names) if not grant.auth_unsubscribe(f)}
+        ack_type, code = UNSUBACK, NOT_AUTHORIZED
+    allowed = [f for i, f in enumerate(names) if i not in refused]
     if refused:
-        conn._pending_sub[(UNSUBACK, packet.packet_id)] = (refused, len(packet.topic_filters), NOT_AUTHORIZED)
-        packet.topic_filters = allowed
-    elif not grant.interceptors:
+        conn.ctx.metrics.refusals.labels(conn.ctx.name, "subscribe" if sub else "unsubscribe").inc(
+            len(refused)
+        )
+    if allowed and conn.session is not None and (chain.wants_subscribe if sub else chain.wants_unsubscribe):
+        (chain.on_subscribe if sub else chain.on_unsubscribe)(conn.session, allowed)
+    if not refused and not grant.interceptors:
         return splice
-    new = conn._intercept(packet, Direction.UP) if grant.interceptors else packet
     splice = splice or _Splice()
-    splice.put(buf, start, end, codec.encode(new, conn.version) if new is not None else b"")
+    if refused and allowed:
+        conn._pending_sub[(ack_type, packet.packet_id)] = (sorted(refused), len(names), code)
+        if sub:
+            packet.subscriptions = [s for i, s in enumerate(packet.subscriptions) if i not in refused]
+        else:
+            packet.topic_filters = allowed
+    new = conn._intercept(packet, Direction.UP) if allowed and grant.interceptors else packet
+    if not allowed or new is None:
+        # Nothing goes to the broker: the proxy answers every filter itself.
+        conn._pending_sub.pop((ack_type, packet.packet_id), None)
+        splice.put(buf, start, end)
+        codes = [code] * len(names)
+        ack = (
+            Suback(packet.packet_id, codes)
+            if sub
+            else Unsuback(packet.packet_id, codes if conn.version == 5 else [])
+        )
+        replies.append(codec.encode(ack, conn.version))
+        return splice
+    splice.put(buf, start, end, codec.encode(new, conn.version))
     return splice
 
 
