@@ -114,7 +114,15 @@ class Grant:
     ``auth_*`` methods for per-packet logic; keep them fast and free of I/O: they run inline for every packet.
     """
 
-    __slots__ = ("deliver_all", "interceptors", "publish", "publish_all", "subscribe")
+    __slots__ = (
+        "deliver_all",
+        "deliver_by_topic",
+        "interceptors",
+        "publish",
+        "publish_all",
+        "publish_by_topic",
+        "subscribe",
+    )
 
     def __init__(
         self,
@@ -133,6 +141,9 @@ class Grant:
         self.deliver_all = (
             self.subscribe.allow_all and cls.auth_deliver is Grant.auth_deliver and not self.interceptors
         )
+        # The answer depends on the topic alone (not the payload), so a session may remember it per topic.
+        self.publish_by_topic = cls.auth_publish is Grant.auth_publish
+        self.deliver_by_topic = cls.auth_deliver is Grant.auth_deliver
 
     @classmethod
     def everything(cls) -> Grant:
@@ -172,6 +183,8 @@ class CombinedGrant(Grant):
         super().__init__(("#",), ("#",), itertools.chain.from_iterable(p.interceptors for p in self.parts))
         self.publish_all = all(p.publish_all for p in self.parts) and not self.interceptors
         self.deliver_all = all(p.deliver_all for p in self.parts) and not self.interceptors
+        self.publish_by_topic = all(p.publish_by_topic for p in self.parts)
+        self.deliver_by_topic = all(p.deliver_by_topic for p in self.parts)
 
     def auth_publish(self, topic: str, payload: bytes) -> bool:
         return all(p.auth_publish(topic, payload) for p in self.parts)

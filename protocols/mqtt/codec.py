@@ -116,9 +116,9 @@ def _publish_head(
         else:
             props, pos = decode_properties(data, pos, end, _P.PUBLISH)
     if topic:
-        err = topic_name_error(topic)
-        if err:
-            raise TopicNameInvalid(f"PUBLISH topic {topic!r}: {err}")
+        # read_string has checked UTF-8, U+0000 and the length; only wildcards are left (hot: per PUBLISH).
+        if "+" in topic or "#" in topic:
+            raise TopicNameInvalid(f"PUBLISH topic {topic!r}: wildcards are not allowed in a topic name")
     elif not v5 or not any(pid == _TOPIC_ALIAS for pid, _ in props):
         raise ProtocolError("PUBLISH with an empty topic name" + (" and no Topic Alias" if v5 else ""))
     return topic, packet_id, props, pos

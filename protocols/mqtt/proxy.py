@@ -71,10 +71,23 @@ class MqttConnection:
         # SUBSCRIBE packet id -> (index of each refused filter, total filters) for SUBACK merging.
         self._pending_sub: dict[tuple[int, int], tuple[list[int], int, int]] = {}
         self.client_disconnected = False
+        # Raw topics already validated and allowed under the current grant (see pump._known_topic).
+        self.allowed_up: set[bytes] = set()
+        self.allowed_down: set[bytes] = set()
+        # The proxy's own answers (refusal acks, local SUBACKs) to packets that arrived before the broker's
+        # CONNACK: held back until it has been forwarded, as the first packet a client gets must be the
+        # CONNACK (MQTT-3.2.0-1). None once it has.
+        self._early: list[bytes] | None = []
         self.control: SessionControl | None = None
         self.on_close: list[Callable[[str], None]] = []
         self._up_counters = PacketCounters(ctx.metrics, ctx.name, "up")
         self._down_counters = PacketCounters(ctx.metrics, ctx.name, "down")
+
+    def set_grant(self, grant: Grant) -> None:
+        """Judge everything from now on by ``grant``; what the old grant allowed is forgotten."""
+        self.grant = grant
+        self.allowed_up.clear()
+        self.allowed_down.clear()
 
     # ------------------------------------------------------------------------------------------ writes
     def send_client(self, data: bytes) -> None:
@@ -252,8 +265,11 @@ class MqttConnection:
                         out, replies = pump.process_up(self, buf, frames, counters.counts)
                         if out:
                             self.send_upstream(out)
-                        for reply in replies:
-                            self.send_client(reply)
+                        if replies:
+                            if self._early is not None:
+                                self._early.extend(replies)
+                            else:
+                                self.send_client(b"".join(replies))
                     counters.flush(len(data))
                 data = self.client.recv(CHUNK)
                 if not data:
@@ -278,6 +294,9 @@ class MqttConnection:
                 buf, frames = framer.feed(data)
                 if frames:
                     out, upstream_replies, close_after = pump.process_down(self, buf, frames, counters.counts)
+                    if self._early is not None and self.connected:
+                        out += b"".join(self._early)  # in the same write, right after the CONNACK
+                        self._early = None
                     if out:
                         self.send_client(out)
                     for reply in upstream_replies:

@@ -77,6 +77,34 @@ class _Splice:
         return b"".join(self.pieces)
 
 
+CACHE_MAX = 256  # distinct topics remembered per connection and direction
+
+
+def _known_topic(cache: set[bytes], buf: bytes, body: int, end: int, first: int, v5: bool) -> bool:
+    """True when this PUBLISH's topic is one already validated and allowed on this connection, and the
+    packet carries nothing that could change the answer (no properties, hence no topic alias).
+
+    A device publishes to a handful of topics: for those, this replaces decoding, validation and the ACL
+    match with one set lookup on the raw topic bytes. Anything unusual takes the full path."""
+    if end - body < 2:
+        return False
+    tend = body + 2 + ((buf[body] << 8) | buf[body + 1])
+    pos = tend
+    if first & 6:  # QoS 1 or 2: a packet identifier, which must not be 0
+        if tend + 2 > end or not (buf[tend] | buf[tend + 1]):
+            return False
+        pos = tend + 2
+    if v5 and (pos >= end or buf[pos] != 0):
+        return False
+    return pos <= end and buf[body + 2 : tend] in cache
+
+
+def _remember(cache: set[bytes], buf: bytes, body: int) -> None:
+    if len(cache) >= CACHE_MAX:
+        cache.clear()
+    cache.add(buf[body + 2 : body + 2 + ((buf[body] << 8) | buf[body + 1])])
+
+
 def _emit(buf: bytes, frames: list[Frame], splice: _Splice | None) -> bytes:
     end = frames[-1][2]
     if splice is not None:
@@ -109,6 +137,8 @@ def process_up(
     valid = VALID_UP[conn.version]
     splice: _Splice | None = None
     replies: list[bytes] = []
+    plain = grant.publish_by_topic and not grant.interceptors and not chain.wants_publish
+    cache = conn.allowed_up if plain else None
     for start, body, end in frames:
         first = buf[start]
         if not valid[first]:
@@ -117,6 +147,8 @@ def process_up(
         counts[ptype] += 1
         if ptype == PUBLISH:
             if grant.publish_all and not v5 and not chain.wants_publish:
+                continue
+            if cache is not None and _known_topic(cache, buf, body, end, first, v5):
                 continue
             topic, alias, poff, pid = publish_fields(buf, body, end, first, conn.version)
             alias_only = not topic
@@ -128,7 +160,7 @@ def process_up(
                     topic = known
                 else:
                     conn._alias_up[alias] = topic
-            payload = buf[poff:end]
+            payload = b"" if plain else buf[poff:end]  # a topic-only grant never reads it
             qos = (first >> 1) & 3
             if not grant.auth_publish(topic, payload):
                 conn.ctx.metrics.refusals.labels(conn.ctx.name, "publish").inc()
@@ -157,6 +189,8 @@ def process_up(
                 splice.put(buf, start, end, codec.encode(new, conn.version))
                 if isinstance(new, Publish):
                     topic, payload = new.topic, new.payload
+            elif cache is not None and not alias_only:
+                _remember(cache, buf, body)
             if chain.wants_publish and conn.session is not None:
                 chain.on_publish(conn.session, topic, payload)
         elif ptype in (SUBSCRIBE, UNSUBSCRIBE):
@@ -273,6 +307,7 @@ def process_down(
     splice: _Splice | None = None
     replies: list[bytes] = []
     close_after = ""
+    cache = conn.allowed_down if grant.deliver_by_topic and not grant.interceptors else None
     for start, body, end in frames:
         first = buf[start]
         if not valid[first]:
@@ -281,6 +316,8 @@ def process_down(
         counts[ptype] += 1
         if ptype == PUBLISH:
             if grant.deliver_all and not v5:
+                continue
+            if cache is not None and _known_topic(cache, buf, body, end, first, v5):
                 continue
             topic, alias, _poff, pid = publish_fields(buf, body, end, first, conn.version)
             alias_only = not topic
@@ -324,6 +361,8 @@ def process_down(
                 conn._unlearned_down.discard(alias or 0)
                 splice = splice or _Splice()
                 splice.put(buf, start, end, codec.encode(new, conn.version))
+            elif cache is not None and not alias_only:
+                _remember(cache, buf, body)
         elif (ptype in (SUBACK, UNSUBACK)) and conn._pending_sub:
             plan = conn._pending_sub.pop((ptype, packet_id_at(buf, body)), None)
             if plan is not None:

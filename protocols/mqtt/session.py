@@ -43,7 +43,7 @@ class MqttClientSession(ClientSessionActor):
             # Interceptors change topics; aliases learned under the old ones must be re-sent in full.
             self.conn._unlearned_up.update(self.conn._alias_up)
             self.conn._unlearned_down.update(self.conn._alias_down)
-        self.conn.grant = grant
+        self.conn.set_grant(grant)
         logger.info("new grant for {!r}: {!r}", self.conn.session, grant)
 
     def disconnect(self, refusal: Refusal) -> None:
