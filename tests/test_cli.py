@@ -156,3 +156,43 @@ key_file = "s.key"
     assert out.returncode == 1
     assert "listener[0]: TLS listeners" in out.stderr
     assert "listener[0]: target scheme 'tls'" in out.stderr
+
+
+def test_json_logs_are_one_object_a_line(tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+
+    port = free_port()
+    cfg = tmp_path / "json.toml"
+    cfg.write_text(
+        f"""
+[log]
+format = "json"
+[metrics]
+address = ""
+[[listener]]
+name = "mqtt"
+protocol = "mqtt"
+address = "127.0.0.1:{port}"
+target = "tcp://127.0.0.1:1"
+[auth]
+handler = "allow-all"
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ferryman", "run", "--config", str(cfg)],
+        env=dict(os.environ),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_port(port, proc=proc)  # type: ignore[arg-type]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    messages = [r["record"]["message"] for r in records]
+    assert any("gateway started" in m for m in messages)
+    assert any("SIGTERM received" in m for m in messages)
