@@ -59,13 +59,21 @@ class Metrics:
             ["listener", "error"],
             registry=r,
         )
-        self.actors = Gauge("ferryman_actors", "Pykka actors alive", registry=r)
-        self.actors.set_function(lambda: len(pykka.ActorRegistry.get_all()))
+        self.actors = Gauge(
+            "ferryman_actors", "Pykka actors alive (registered ones and session actors)", registry=r
+        )
+        self.actors.set_function(_count_actors)
         self.greenlets = Gauge("ferryman_greenlets", "Greenlets alive", registry=r)
         self.greenlets.set_function(_count_greenlets)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _count_actors() -> int:
+    from .session import SessionActor
+
+    return len(pykka.ActorRegistry.get_all()) + SessionActor.live
 
 
 def _count_greenlets() -> int:

@@ -249,3 +249,19 @@ handler = "dropper"
         c.disconnect()
     finally:
         gw.stop()
+
+
+def test_session_actors_stay_out_of_the_registry_and_are_counted(library_gateway: Gateway) -> None:
+    from ferryman.actors.session import SessionActor
+
+    port = library_gateway.port  # type: ignore[attr-defined]
+    registered = len(pykka.ActorRegistry.get_all())
+    before = SessionActor.live
+    clients = [RawClient(port, 4) for _ in range(20)]
+    for i, c in enumerate(clients):
+        assert c.connect(f"reg{i}", "dev1", "pw1").reason_code == 0
+    assert SessionActor.live == before + 40  # a client and an upstream session actor per connection
+    assert len(pykka.ActorRegistry.get_all()) == registered
+    for c in clients:
+        c.disconnect()
+    wait_for(lambda: SessionActor.live == before)
