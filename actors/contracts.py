@@ -53,6 +53,7 @@ class RefusalCode(enum.Enum):
     SERVER_UNAVAILABLE = "server_unavailable"
     SERVER_BUSY = "server_busy"
     SERVER_SHUTTING_DOWN = "server_shutting_down"
+    QUOTA_EXCEEDED = "quota_exceeded"
 
 
 @dataclass(frozen=True, slots=True)

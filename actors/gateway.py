@@ -138,7 +138,9 @@ class Gateway:
             _quiet(ref, lambda r: r.proxy().stop_accepting().get(timeout=timeout))
         closed = 0
         for ref in listeners:
-            closed += _quiet(ref, lambda r: r.proxy().close_all(refusal).get(timeout=timeout)) or 0
+            closed += (
+                _quiet(ref, lambda r: r.proxy().close_all(refusal, timeout).get(timeout=timeout + 2)) or 0
+            )
         if closed:
             gevent.sleep(0)  # let the pumps see their sockets close and send their notifications
         if self.metrics_server is not None:

@@ -29,6 +29,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 PROTOCOLS = tuple(SCHEMES_BY_PROTOCOL)
 VERIFY_CHECKS = ("ocsp", "crl")
+RATE_LIMIT_ACTIONS = ("throttle", "disconnect")
 REFUSED_PUBLISH_V3 = ("ack", "disconnect")
 XMPP_MODES = ("component", "client")
 BRIDGE_MQTT_SCHEMES = ("tcp", "tls", "ws", "wss")
@@ -100,6 +101,14 @@ def _listener(r: TableReader) -> ListenerSettings:
         max_packet_size=r.integer("max_packet_size", 1048576, MIN_PACKET_SIZE, MAX_PACKET_SIZE),
         connect_timeout=r.positive_number("connect_timeout", 10.0),
         refused_publish_v3=r.string("refused_publish_v3", "ack", REFUSED_PUBLISH_V3),
+        keepalive_factor=r.positive_number("keepalive_factor", 1.5, allow_zero=True),
+        max_connections=r.integer("max_connections", 100_000, 0, 10_000_000),
+        max_connections_per_ip=r.integer("max_connections_per_ip", 0, 0, 10_000_000),
+        publish_rate=r.positive_number("publish_rate", 0.0, allow_zero=True),
+        publish_burst=r.positive_number("publish_burst", 0.0, allow_zero=True),
+        publish_bytes_rate=r.positive_number("publish_bytes_rate", 0.0, allow_zero=True),
+        rate_limit_action=r.string("rate_limit_action", "throttle", RATE_LIMIT_ACTIONS),
+        socket_buffer=r.integer("socket_buffer", 0, 0, 64 * 1024 * 1024),
     )
 
 

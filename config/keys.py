@@ -61,6 +61,14 @@ _LISTENER = Table(
         "max_packet_size": Kind.INT,
         "connect_timeout": Kind.FLOAT,
         "refused_publish_v3": Kind.STR,
+        "keepalive_factor": Kind.FLOAT,
+        "max_connections": Kind.INT,
+        "max_connections_per_ip": Kind.INT,
+        "publish_rate": Kind.FLOAT,
+        "publish_burst": Kind.FLOAT,
+        "publish_bytes_rate": Kind.FLOAT,
+        "rate_limit_action": Kind.STR,
+        "socket_buffer": Kind.INT,
     }
 )
 

@@ -140,16 +140,17 @@ class TableReader:
             self.report(key, f"{value} is out of range {low}..{high}")
         return value
 
-    def positive_number(self, key: str, default: float) -> float:
-        """A finite number > 0 (TOML integers are accepted)."""
+    def positive_number(self, key: str, default: float, allow_zero: bool = False) -> float:
+        """A finite number > 0, or >= 0 with ``allow_zero`` (TOML integers are accepted)."""
         value = self._value(key, Kind.FLOAT)
         if value is _MISSING:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             self._wrong_type(key, Kind.FLOAT, value)
             return default
-        if not math.isfinite(value) or value <= 0:
-            self.report(key, f"must be a finite number > 0, got {value}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            bound = ">= 0 (0 turns it off)" if allow_zero else "> 0"
+            self.report(key, f"must be a finite number {bound}, got {value}")
         return float(value)
 
     def strings(self, key: str) -> tuple[str, ...]:

@@ -90,6 +90,14 @@ class ListenerSettings:
     max_packet_size: int = 1048576
     connect_timeout: float = 10.0
     refused_publish_v3: str = "ack"  # ack | disconnect: what an MQTT 3.1.1 client gets for a refused PUBLISH
+    keepalive_factor: float = 1.5  # a client silent for this x its keepalive is disconnected; 0 = off
+    max_connections: int = 100_000  # open device connections on this listener; 0 = unlimited
+    max_connections_per_ip: int = 0  # per source address; 0 = unlimited (devices behind NAT share one)
+    publish_rate: float = 0.0  # PUBLISH packets/s per connection; 0 = unlimited
+    publish_burst: float = 0.0  # packets allowed above the rate in a burst; 0 = one second's worth
+    publish_bytes_rate: float = 0.0  # bytes/s of client packets per connection; 0 = unlimited
+    rate_limit_action: str = "throttle"  # throttle (stop reading: TCP backpressure) | disconnect (5.0: 0x96)
+    socket_buffer: int = 0  # SO_SNDBUF/SO_RCVBUF of device sockets, bytes; 0 = the OS default
 
     @property
     def host(self) -> str:

@@ -35,9 +35,11 @@ class Closed(Exception):
 
 
 class RawClient:
-    def __init__(self, port: int, version: int = 4, timeout: float = 5.0) -> None:
+    def __init__(self, port: int, version: int = 4, timeout: float = 5.0, source: str | None = None) -> None:
         self.version = version
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.framer = Framer()
         self.inbox: list[Any] = []
         self._pid = 0

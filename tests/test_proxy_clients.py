@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ferryman.protocols.mqtt.packets import Pingreq, Pingresp, Publish, Will
+from ferryman.protocols.mqtt.packets import Disconnect, Pingreq, Pingresp, Publish, Will
 from tests.rawclient import RawClient
 from tests.servers import GatewayProcess, Mosquitto
 
@@ -539,8 +539,8 @@ def test_keepalive_pings_pass_through_and_keep_the_session(
     proxy: GatewayProcess, broker: Mosquitto, version: int
 ) -> None:
     """keepalive=2: PINGREQ gets PINGRESP through the proxy, and pinging keeps the connection past the
-    broker's 1.5 x keepalive limit while a silent twin is dropped by the broker (so the keepalive and the
-    pings really reached it)."""
+    1.5 x keepalive limit while a silent twin is dropped. The proxy enforces the keepalive itself
+    (keepalive_factor 1.5, MQTT 5: DISCONNECT 0x8D) and the broker never had to."""
     u = uid()
     pinger = RawClient(proxy.port, version)
     silent = RawClient(proxy.port, version)
@@ -556,8 +556,10 @@ def test_keepalive_pings_pass_through_and_keep_the_session(
         gevent.sleep(0.5)
     assert silent_closed.value is True
     assert pings >= 2
+    if version == 5:
+        assert [p.reason_code for p in silent.inbox if isinstance(p, Disconnect)] == [0x8D]
     log = broker.log.read_text(errors="replace")
-    assert f"Client silent-{u} has exceeded timeout, disconnecting." in log  # the broker dropped it
+    assert f"Client silent-{u} closed its connection." in log  # the proxy dropped it, the broker saw it go
     assert f"Client ping-{u} has exceeded timeout" not in log
     direct = RawClient(broker.port, 4)
     assert direct.connect(f"pub-{u}").reason_code == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "MalformedPacket",
+    "MessageRateTooHigh",
     "MqttError",
     "PacketTooLarge",
     "ProtocolError",
@@ -58,3 +59,9 @@ class TopicFilterInvalid(ProtocolError):
     """0x8F: a SUBSCRIBE or UNSUBSCRIBE topic filter that is not valid."""
 
     reason_code = 0x8F
+
+
+class MessageRateTooHigh(MqttError):
+    """0x96: the client publishes faster than its listener's rate limit (rate_limit_action = "disconnect")."""
+
+    reason_code = 0x96

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 import pykka
 from gevent.server import StreamServer
 from loguru import logger
@@ -17,6 +18,7 @@ from ferryman.actors.metrics import Metrics
 from ferryman.actors.session import ActorSessionControl
 
 from .proxy import MqttConnection
+from .refusals import connack_code
 from .session import MqttClientSession, MqttUpstreamSession
 
 __all__ = ["ListenerContext", "MqttListener"]
@@ -57,6 +59,7 @@ class MqttListener(pykka.ThreadingActor):
         target = settings.parsed_target
         self.ctx = ListenerContext(settings.name, settings, chain, metrics, target.host, target.port)
         self.connections: set[MqttConnection] = set()
+        self.per_ip: dict[str, int] = {}
         self._open = metrics.connections_open.labels(settings.name)
         self._total = metrics.connections_total.labels(settings.name)
         self.server = StreamServer((settings.host, settings.port), self._handle)
@@ -76,11 +79,12 @@ class MqttListener(pykka.ThreadingActor):
         if not self.server.closed:
             self.server.close()
 
-    def close_all(self, refusal: Refusal) -> int:
-        """Close every open connection (MQTT 5 clients get a DISCONNECT with the refusal's code)."""
+    def close_all(self, refusal: Refusal, drain: float = 0.0) -> int:
+        """Close every open connection (MQTT 5 clients get a DISCONNECT with the refusal's code). With
+        ``drain``, writes under way may finish first (all connections together wait at most that long)."""
         conns = list(self.connections)
-        for conn in conns:
-            conn.kick(refusal)
+        jobs = [gevent.spawn(conn.kick_refusal, refusal, drain) for conn in conns]
+        gevent.joinall(jobs, timeout=drain + 1 if drain else None)
         return len(conns)
 
     def connection_count(self) -> int:
@@ -91,18 +95,52 @@ class MqttListener(pykka.ThreadingActor):
         self.close_all(Refusal(RefusalCode.SERVER_SHUTTING_DOWN, "gateway shutting down"))
 
     # -- per connection (runs in the server's handler greenlet) ---------------------------------------
+    def _over_limit(self, ip: str) -> str:
+        s = self.ctx.settings
+        if s.max_connections and len(self.connections) >= s.max_connections:
+            return f"listener at max_connections ({s.max_connections})"
+        if s.max_connections_per_ip and self.per_ip.get(ip, 0) >= s.max_connections_per_ip:
+            return f"{ip} at max_connections_per_ip ({s.max_connections_per_ip})"
+        return ""
+
+    def _refuse_over_limit(self, sock: socket.socket, addr: tuple[str, int], why: str) -> None:
+        """Answer the CONNECT (if it comes quickly) with CONNACK 3 / 0x97 quota exceeded, then close. No
+        session actors are made for it."""
+        self.ctx.metrics.refusals.labels(self.ctx.name, "connection_limit").inc()
+        logger.warning("refusing {}:{}: {}", addr[0], addr[1], why)
+        conn = MqttConnection(self.ctx, sock, addr)
+        try:
+            if conn.read_connect(timeout=min(2.0, self.ctx.settings.connect_timeout)) is not None:
+                conn.refuse_connect(connack_code(RefusalCode.QUOTA_EXCEEDED, conn.version), why, "")
+        except Exception:  # whatever it sent, it is refused
+            pass
+        finally:
+            conn.close(why)
+
     def _handle(self, sock: socket.socket, addr: tuple[str, int]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ctx.settings.socket_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.ctx.settings.socket_buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.ctx.settings.socket_buffer)
+        ip = str(addr[0])
+        why = self._over_limit(ip)
+        if why:
+            self._refuse_over_limit(sock, addr, why)
+            return
         conn = MqttConnection(self.ctx, sock, addr)
         client = MqttClientSession.start(conn)
         conn.control = ActorSessionControl(client)
         refs: list[pykka.ActorRef[Any]] = [client]
         self.connections.add(conn)
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self._open.inc()
         self._total.inc()
 
         def finished(reason: str) -> None:
             self.connections.discard(conn)
+            left = self.per_ip.pop(ip, 1) - 1
+            if left:
+                self.per_ip[ip] = left
             self._open.dec()
             for ref in refs:
                 ref.stop(block=False)

@@ -30,8 +30,9 @@ from ferryman.actors.metrics import PacketCounters
 
 from . import codec, pump
 from .constants import ConnackV3
-from .errors import MqttError, ProtocolError, UnsupportedProtocolVersion
-from .framing import Framer
+from .errors import MessageRateTooHigh, MqttError, ProtocolError, UnsupportedProtocolVersion
+from .framing import Frame, Framer
+from .limits import RateLimiter
 from .packets import Connack, Connect, Disconnect
 from .refusals import connack_code, disconnect_code, metric_reason
 
@@ -42,6 +43,8 @@ __all__ = ["MqttConnection"]
 
 CHUNK = 65536
 CONNECT = 1
+REASON_STRING = 31  # MQTT 5 property
+KEEP_ALIVE_TIMEOUT = 0x8D
 
 
 class MqttConnection:
@@ -100,45 +103,80 @@ class MqttConnection:
             self.upstream.sendall(data)
 
     # ------------------------------------------------------------------------------------------ close
-    def close(self, reason: str) -> None:
-        """Idempotent: shut both sockets (which ends both pumps) and run the close callbacks once."""
+    def close(self, reason: str, wait: float = 0.0) -> None:
+        """Idempotent: shut both sockets (which ends both pumps) and run the close callbacks once.
+
+        With ``wait`` (graceful shutdown), a write to the broker already under way may finish first, for up
+        to ``wait`` seconds, so the broker never gets half a packet."""
         if self.closed:
             return
         self.closed = True
         self.close_reason = reason
-        for sock in (self.client, self.upstream):
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
+        held = wait > 0 and self.upstream is not None and self._upstream_lock.acquire(timeout=wait)
+        try:
+            for sock in (self.client, self.upstream):
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+        finally:
+            if held:
+                self._upstream_lock.release()
         if self.connected and self.session is not None:
             self.ctx.chain.on_disconnect(self.session, reason)
         for cb in self.on_close:
             cb(reason)
         logger.debug("connection {}:{} closed: {}", *self.addr, reason)
 
-    def kick(self, refusal: Refusal) -> None:
-        """Close on the gateway's initiative; MQTT 5 clients are told why with a DISCONNECT."""
+    def kick(self, reason: str, code: int, wait: float = 0.0) -> None:
+        """Close on the gateway's initiative; MQTT 5 clients are first told why with a DISCONNECT.
+
+        The DISCONNECT waits for a write to the device already under way (so it never lands inside another
+        packet) for up to ``wait`` seconds, or not at all when ``wait`` is 0 and the socket is busy."""
         if self.closed:
             return
         if self.version == 5 and self.session is not None:
-            with contextlib.suppress(OSError):
-                self.send_client(codec.encode(Disconnect(disconnect_code(refusal.code)), 5))
-        self.close(refusal.reason or refusal.code.value)
+            packet = codec.encode(Disconnect(code, [(REASON_STRING, reason[:200])]), 5)
+            if self._client_lock.acquire(blocking=wait > 0, timeout=wait or None):
+                try:
+                    with contextlib.suppress(OSError), gevent.Timeout(wait or 1.0, False):
+                        self.client.sendall(packet)
+                finally:
+                    self._client_lock.release()
+        self.close(reason, wait)
+
+    def kick_refusal(self, refusal: Refusal, wait: float = 0.0) -> None:
+        self.kick(refusal.reason or refusal.code.value, disconnect_code(refusal.code), wait)
 
     def _fail(self, exc: MqttError, direction: str) -> None:
         self.ctx.metrics.errors.labels(self.ctx.name, type(exc).__name__).inc()
         logger.info("closing {}:{}: {} ({})", *self.addr, exc, direction)
-        if direction == "up" and self.version == 5 and self.session is not None:
-            with contextlib.suppress(OSError):
-                self.send_client(codec.encode(Disconnect(exc.reason_code), 5))
-        self.close(f"{direction}: {exc}")
+        if direction == "up":
+            self.kick(str(exc), exc.reason_code)
+        else:
+            # The broker sent something invalid: the device is not at fault, the upstream is unusable.
+            self._upstream_lost(f"invalid packet from the broker: {exc}")
+
+    def _upstream_lost(self, reason: str) -> None:
+        """The broker side ended without the device asking: close, telling MQTT 5 devices to retry later."""
+        if self.client_disconnected:
+            self.close(reason)
+            return
+        self.ctx.metrics.errors.labels(self.ctx.name, "upstream_lost").inc()
+        logger.info("connection {}:{}: {}", *self.addr, reason)
+        self.kick(reason, disconnect_code(RefusalCode.SERVER_UNAVAILABLE))
+
+    def set_keepalive(self, seconds: int) -> None:
+        """Enforce the keepalive: a device silent for ``keepalive_factor`` x ``seconds`` is disconnected
+        (5.0: 0x8D). The broker may override the device's value (Server Keep Alive in CONNACK)."""
+        factor = self.ctx.settings.keepalive_factor
+        self.client.settimeout(seconds * factor if seconds and factor else None)
 
     # ------------------------------------------------------------------------------------------ connect
-    def read_connect(self) -> tuple[Connect, bytes, bytes] | None:
+    def read_connect(self, timeout: float | None = None) -> tuple[Connect, bytes, bytes] | None:
         """Read the first packet within the connect timeout. Returns (connect, its bytes, what followed)."""
         framer = Framer(self.ctx.settings.max_packet_size)
-        with gevent.Timeout(self.ctx.settings.connect_timeout, False):
+        with gevent.Timeout(timeout or self.ctx.settings.connect_timeout, False):
             while True:
                 data = self.client.recv(CHUNK)
                 if not data:
@@ -158,7 +196,8 @@ class MqttConnection:
         return None
 
     def refuse_connect(self, code: int, reason: str, metric: str) -> None:
-        self.ctx.metrics.refusals.labels(self.ctx.name, metric).inc()
+        if metric:
+            self.ctx.metrics.refusals.labels(self.ctx.name, metric).inc()
         with contextlib.suppress(OSError):
             self.send_client(codec.encode(Connack(False, code), self.version))
         self.close(reason)
@@ -231,6 +270,7 @@ class MqttConnection:
             return None
         self._up_counters.counts[CONNECT] += 1
         self.send_upstream(raw)
+        self.set_keepalive(connect.keepalive)
         return rest
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -256,12 +296,15 @@ class MqttConnection:
         """Device -> broker. Runs in the connection's handler greenlet until the connection ends."""
         framer = Framer(self.ctx.settings.max_packet_size)
         counters = self._up_counters
+        limiter = RateLimiter.for_settings(self.ctx.settings)
         data = rest
         try:
             while True:
                 if data:
                     buf, frames = framer.feed(data)
                     if frames:
+                        if limiter is not None:
+                            self._limit(limiter, buf, frames, len(data))
                         out, replies = pump.process_up(self, buf, frames, counters.counts)
                         if out:
                             self.send_upstream(out)
@@ -275,10 +318,25 @@ class MqttConnection:
                 if not data:
                     self.close("client closed the connection")
                     return
+        except TimeoutError:
+            self.ctx.metrics.refusals.labels(self.ctx.name, "keepalive").inc()
+            self.kick("keepalive timeout", KEEP_ALIVE_TIMEOUT)
         except MqttError as exc:
             self._fail(exc, "up")
         except OSError as exc:
             self.close(f"client socket: {exc}")
+
+    def _limit(self, limiter: RateLimiter, buf: bytes, frames: list[Frame], nbytes: int) -> None:
+        """Hold the chunk until the device is within its publish rate, or disconnect it."""
+        publishes = sum(1 for start, _, _ in frames if buf[start] >> 4 == 3)
+        debt = limiter.take(publishes, nbytes)
+        if debt <= 0:
+            return
+        if self.ctx.settings.rate_limit_action == "disconnect":
+            self.ctx.metrics.refusals.labels(self.ctx.name, "rate").inc()
+            raise MessageRateTooHigh(f"publishing faster than {self.ctx.settings.publish_rate:g}/s")
+        self.ctx.metrics.refusals.labels(self.ctx.name, "throttled").inc()
+        gevent.sleep(debt)  # not reading meanwhile: TCP pushes back on the device
 
     def downlink(self) -> None:
         """Broker -> device. Runs in the upstream session's greenlet until the connection ends."""
@@ -287,9 +345,13 @@ class MqttConnection:
         counters = self._down_counters
         try:
             while True:
-                data = self.upstream.recv(CHUNK)
+                try:
+                    data = self.upstream.recv(CHUNK)
+                except OSError as exc:
+                    self._upstream_lost(f"broker socket: {exc}")
+                    return
                 if not data:
-                    self.close("broker closed the connection")
+                    self._upstream_lost("broker closed the connection")
                     return
                 buf, frames = framer.feed(data)
                 if frames:
@@ -308,7 +370,7 @@ class MqttConnection:
         except MqttError as exc:
             self._fail(exc, "down")
         except OSError as exc:
-            self.close(f"broker socket: {exc}")
+            self.close(f"socket: {exc}")
 
 
 def _connect_level(buf: bytes, body: int, end: int) -> int:

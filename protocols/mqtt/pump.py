@@ -27,6 +27,7 @@ CONNECT, CONNACK, PUBLISH, PUBREL, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, DIS
     1, 2, 3, 6, 8, 9, 10, 11, 14,
 )  # fmt: skip
 NOT_AUTHORIZED = int(ReasonCode.NOT_AUTHORIZED)
+SERVER_KEEP_ALIVE = 19  # MQTT 5 property
 
 
 def packet_id_at(buf: bytes, pos: int) -> int:
@@ -384,6 +385,13 @@ def process_down(
             code = buf[body + 1] if body + 1 < end else 0xFF
             if code == 0:
                 conn.connected = True
+                if v5 and end - body > 3:  # properties: the broker may set the keepalive (Server Keep Alive)
+                    connack = _decode(conn, buf, start, body, end)
+                    server_keepalive = next(
+                        (v for p, v in connack.properties if p == SERVER_KEEP_ALIVE), None
+                    )
+                    if server_keepalive is not None:
+                        conn.set_keepalive(int(server_keepalive))
                 if conn.session is not None:
                     conn.ctx.chain.on_connect(conn.session, grant)
             else:

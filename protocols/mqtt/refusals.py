@@ -15,6 +15,7 @@ _CONNACK_V3 = {
     RefusalCode.SERVER_UNAVAILABLE: ConnackV3.SERVER_UNAVAILABLE,
     RefusalCode.SERVER_BUSY: ConnackV3.SERVER_UNAVAILABLE,
     RefusalCode.SERVER_SHUTTING_DOWN: ConnackV3.SERVER_UNAVAILABLE,
+    RefusalCode.QUOTA_EXCEEDED: ConnackV3.SERVER_UNAVAILABLE,
 }
 
 _CONNACK_V5 = {
@@ -25,6 +26,7 @@ _CONNACK_V5 = {
     RefusalCode.SERVER_BUSY: ReasonCode.SERVER_BUSY,
     # 0x8B is not a CONNACK code; a server that is going away is unavailable to a new client.
     RefusalCode.SERVER_SHUTTING_DOWN: ReasonCode.SERVER_UNAVAILABLE,
+    RefusalCode.QUOTA_EXCEEDED: ReasonCode.QUOTA_EXCEEDED,
 }
 
 # DISCONNECT (5.0) may carry only some codes: 0x86, 0x88 and 0x8A are CONNACK-only.
@@ -32,9 +34,11 @@ _DISCONNECT_V5 = {
     RefusalCode.BAD_CREDENTIALS: ReasonCode.NOT_AUTHORIZED,
     RefusalCode.NOT_AUTHORIZED: ReasonCode.NOT_AUTHORIZED,
     RefusalCode.BANNED: ReasonCode.ADMINISTRATIVE_ACTION,
-    RefusalCode.SERVER_UNAVAILABLE: ReasonCode.UNSPECIFIED_ERROR,
+    # 0x88 is CONNACK-only (a DISCONNECT carrying it is malformed); 0x89 tells the client to come back later.
+    RefusalCode.SERVER_UNAVAILABLE: ReasonCode.SERVER_BUSY,
     RefusalCode.SERVER_BUSY: ReasonCode.SERVER_BUSY,
     RefusalCode.SERVER_SHUTTING_DOWN: ReasonCode.SERVER_SHUTTING_DOWN,
+    RefusalCode.QUOTA_EXCEEDED: ReasonCode.QUOTA_EXCEEDED,
 }
 
 

@@ -48,7 +48,7 @@ class MqttClientSession(ClientSessionActor):
 
     def disconnect(self, refusal: Refusal) -> None:
         logger.info("disconnecting {!r}: {}", self.conn.session, refusal.reason or refusal.code.value)
-        self.conn.kick(refusal)
+        self.conn.kick_refusal(refusal)
         self.close(refusal.reason or refusal.code.value)
 
     def on_close(self, reason: str) -> None:
