@@ -163,3 +163,19 @@ def test_invalid_first_byte_is_closed_by_the_proxy_not_forwarded(
     while needle not in proxy.stderr() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert needle in proxy.stderr()  # the proxy refused it; the broker never had to
+
+
+def test_refusals_before_the_connack_are_bounded(proxy: GatewayProcess) -> None:
+    """Answers to packets sent before the broker's CONNACK are held back (the CONNACK must come first);
+    a client that floods refused packets in that window is closed instead of growing that queue."""
+    from ferryman.protocols.mqtt import codec
+    from ferryman.protocols.mqtt.packets import Connect
+
+    c = RawClient(proxy.port, 5)
+    flood = b"".join(
+        codec.encode(Publish("not/mine", b"", qos=1, packet_id=i % 65535 + 1), 5) for i in range(5000)
+    )
+    c.send_raw(
+        codec.encode(Connect(client_id=uid(), protocol_level=5, username="dev1", password=b"pw1"), 5) + flood
+    )
+    assert c.closed_within(10)

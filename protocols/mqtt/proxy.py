@@ -45,6 +45,7 @@ CHUNK = 65536
 CONNECT = 1
 REASON_STRING = 31  # MQTT 5 property
 KEEP_ALIVE_TIMEOUT = 0x8D
+MAX_EARLY_REPLIES = 1000  # answers held back until the broker's CONNACK (bounds a flooding client)
 
 
 class MqttConnection:
@@ -311,6 +312,8 @@ class MqttConnection:
                         if replies:
                             if self._early is not None:
                                 self._early.extend(replies)
+                                if len(self._early) > MAX_EARLY_REPLIES:
+                                    raise ProtocolError("too many refused packets before the CONNACK")
                             else:
                                 self.send_client(b"".join(replies))
                     counters.flush(len(data))
