@@ -51,6 +51,7 @@ __all__ = ["PROTOCOLS", "decode", "decode_connect", "encode", "publish_fields"]
 PROTOCOLS = frozenset((("MQTT", 4), ("MQTT", 5), ("MQIsdp", 3)))
 
 _P = PacketType
+_SUBSCRIPTION_IDENTIFIER = int(PropertyId.SUBSCRIPTION_IDENTIFIER)
 _TOPIC_ALIAS = PropertyId.TOPIC_ALIAS.value
 
 Decoder = Callable[[bytes, int, bool], Packet]
@@ -77,21 +78,22 @@ def decode_connect(body: bytes | memoryview) -> Connect:
 
 
 def publish_fields(
-    buf: bytes, body: int, end: int, first_byte: int, version: int
+    buf: bytes, body: int, end: int, first_byte: int, version: int, from_client: bool = False
 ) -> tuple[str, int | None, int, int]:
     """``(topic, topic alias or None, payload offset, packet id or 0)`` of the PUBLISH at ``buf[body:end]``,
     payload untouched: the proxy's per-PUBLISH fast path.
 
     Validates the fixed header flags, the topic, the packet identifier and the properties exactly as
     ``decode`` does (it is the same code), so a packet that passes here differs from a decodable one only
-    in its payload (which decode does not validate either)."""
+    in its payload (which decode does not validate either). ``from_client``: a Subscription Identifier is
+    a protocol error in a PUBLISH a client sends (MQTT-3.3.4-6); only servers add them."""
     topic, packet_id, props, pos = _publish_head(buf, body, end, first_byte & 0x0F, version == 5)
     alias = None
-    if props:
-        for pid, value in props:
-            if pid == _TOPIC_ALIAS:
-                alias = cast(int, value)
-                break
+    for pid, value in props:
+        if pid == _TOPIC_ALIAS:
+            alias = cast(int, value)
+        elif pid == _SUBSCRIPTION_IDENTIFIER and from_client:
+            raise ProtocolError("a client PUBLISH must not carry a Subscription Identifier")
     return topic, alias, pos, packet_id or 0
 
 

@@ -40,16 +40,24 @@ class Framer:
     ``max_packet_size`` bounds the whole packet (fixed header included), as MQTT 5's Maximum Packet Size does.
     """
 
-    __slots__ = ("_pending", "max_packet_size")
+    __slots__ = ("_have", "_need", "_parts", "_pending", "copied", "max_packet_size")
+
+    #: An incomplete packet longer than this is collected piece by piece and joined once, when whole.
+    COLLECT_ABOVE = 65536
 
     def __init__(self, max_packet_size: int = MAX_REMAINING_LENGTH + 5) -> None:
         self.max_packet_size = max_packet_size
         self._pending = b""
+        # A large packet still arriving: its pieces, how many bytes are there, how many it needs.
+        self._parts: list[bytes] = []
+        self._have = 0
+        self._need = 0
+        self.copied = 0  # bytes copied into joined buffers: stays linear in the bytes fed (tested)
 
     @property
     def buffered(self) -> int:
         """Bytes held back as an incomplete packet."""
-        return len(self._pending)
+        return len(self._pending) + self._have
 
     def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
         """Add ``data``; return ``(buf, frames)`` where every frame is a whole packet inside ``buf``.
@@ -58,7 +66,21 @@ class Framer:
         exact byte sequence of the returned packets (``buf`` may be longer).
         Raises ``PacketTooLarge`` or ``MalformedPacket``; the stream is then unusable.
         """
-        buf = self._pending + data if self._pending else data
+        if self._parts:
+            # Without this, a client trickling a large packet a byte per segment made every read copy all
+            # that was buffered so far: quadratic CPU (0.44 core for one client, found by the fuzzer).
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return b"", []
+            buf = b"".join(self._parts)
+            self.copied += len(buf)
+            self._parts, self._have, self._need = [], 0, 0
+        elif self._pending:
+            buf = self._pending + data
+            self.copied += len(buf)
+        else:
+            buf = data
         n = len(buf)
         frames: list[Frame] = []
         pos = 0
@@ -96,6 +118,12 @@ class Framer:
             if end - pos > limit:
                 raise PacketTooLarge(f"packet of {end - pos} bytes exceeds the maximum of {limit}")
             if end > n:
+                if end - pos > self.COLLECT_ABOVE:
+                    self._parts = [buf[pos:]]
+                    self._have = n - pos
+                    self._need = end - pos
+                    self._pending = b""
+                    return buf, frames
                 break
             frames.append((pos, body, end))
             pos = end

@@ -43,8 +43,10 @@ __all__ = ["MqttConnection"]
 
 CHUNK = 65536
 CONNECT = 1
-REASON_STRING = 31  # MQTT 5 property
+REASON_STRING = 31  # MQTT 5 properties
+AUTHENTICATION_METHOD = 21
 KEEP_ALIVE_TIMEOUT = 0x8D
+CLIENT_IDENTIFIER_NOT_VALID = 0x85
 MAX_EARLY_REPLIES = 1000  # answers held back until the broker's CONNACK (bounds a flooding client)
 
 
@@ -75,6 +77,9 @@ class MqttConnection:
         # SUBSCRIBE packet id -> (index of each refused filter, total filters) for SUBACK merging.
         self._pending_sub: dict[tuple[int, int], tuple[list[int], int, int]] = {}
         self.client_disconnected = False
+        # MQTT 5: the highest topic alias the broker accepts (its CONNACK; None until it has come).
+        self.alias_max_up: int | None = None
+        self.enhanced_auth = False  # MQTT 5: the CONNECT named an Authentication Method (AUTH allowed)
         # Raw topics already validated and allowed under the current grant (see pump._known_topic).
         self.allowed_up: set[bytes] = set()
         self.allowed_down: set[bytes] = set()
@@ -160,6 +165,8 @@ class MqttConnection:
 
     def _upstream_lost(self, reason: str) -> None:
         """The broker side ended without the device asking: close, telling MQTT 5 devices to retry later."""
+        if self.closed:  # we closed it ourselves (the device left, or was refused): not a broker fault
+            return
         if self.client_disconnected:
             self.close(reason)
             return
@@ -209,20 +216,27 @@ class MqttConnection:
         try:
             first = self.read_connect()
         except UnsupportedProtocolVersion as exc:
-            # The 3.1.1 return code is the one a client of any level understands (MQTT-3.1.2-2).
+            # The 3.1.1 return code, in a 3.1.1 CONNACK: the one a client of any level reads (MQTT-3.1.2-2).
+            self.version = 4
             self.refuse_connect(ConnackV3.UNACCEPTABLE_PROTOCOL_VERSION, str(exc), "malformed")
             return None
         except MqttError as exc:
             if self.version == 5:
                 self.refuse_connect(exc.reason_code, str(exc), "malformed")
+            elif exc.reason_code == CLIENT_IDENTIFIER_NOT_VALID:
+                self.refuse_connect(ConnackV3.IDENTIFIER_REJECTED, str(exc), "malformed")  # MQTT-3.1.3-8
             else:
                 self.ctx.metrics.refusals.labels(self.ctx.name, "malformed").inc()
                 self.close(f"bad CONNECT: {exc}")
+            return None
+        except OSError as exc:  # reset or closed before the CONNECT was whole: nothing to answer
+            self.close(f"client socket before CONNECT: {exc}")
             return None
         if first is None:
             return None
         connect, raw, rest = first
         self.version = 5 if connect.protocol_level == 5 else 4
+        self.enhanced_auth = any(pid == AUTHENTICATION_METHOD for pid, _ in connect.properties)
         self.session = Session(
             id=next_session_id(),
             listener=self.ctx.name,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ferryman.actors.contracts import Direction, Grant
+from ferryman.actors.contracts import Direction
 
 from . import codec
 from .codec import publish_fields
@@ -27,11 +27,39 @@ CONNECT, CONNACK, PUBLISH, PUBREL, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, DIS
     1, 2, 3, 6, 8, 9, 10, 11, 14,
 )  # fmt: skip
 NOT_AUTHORIZED = int(ReasonCode.NOT_AUTHORIZED)
-SERVER_KEEP_ALIVE = 19  # MQTT 5 property
+SERVER_KEEP_ALIVE = 19  # MQTT 5 properties
+TOPIC_ALIAS_MAXIMUM = 34
 
 
-def packet_id_at(buf: bytes, pos: int) -> int:
+def packet_id_at(buf: bytes, pos: int, end: int) -> int:
+    if end - pos < 2:
+        raise MalformedPacket("packet too short for a packet identifier")
     return (buf[pos] << 8) | buf[pos + 1]
+
+
+PUBACK, PUBREC, PUBCOMP, PINGREQ, AUTH = 4, 5, 7, 12, 15
+
+
+def _check_control(conn: MqttConnection, buf: bytes, first: int, body: int, end: int) -> None:
+    """Validate a packet the pump otherwise passes on unread, so a malformed one is answered by the proxy
+    (MQTT 5: DISCONNECT 0x81/0x82) instead of reaching the broker. Cheap for the common forms (an ack that
+    is just a packet id, an empty PINGREQ or DISCONNECT); anything longer is decoded in full."""
+    ptype = first >> 4
+    size = end - body
+    if ptype == PINGREQ:
+        if size:
+            raise MalformedPacket("PINGREQ with a body")
+    elif ptype in (PUBACK, PUBREC, PUBREL, PUBCOMP):
+        if size != 2:
+            if conn.version != 5 or size < 2:
+                raise MalformedPacket(f"acknowledgement of {size} bytes")
+            codec.decode(first, buf[body:end], 5)
+    elif ptype == AUTH and not conn.enhanced_auth:
+        raise ProtocolError("AUTH without an Authentication Method in the CONNECT (MQTT 5, 4.12)")
+    elif ptype in (DISCONNECT, AUTH) and size:
+        if conn.version != 5:
+            raise MalformedPacket("DISCONNECT with a body")
+        codec.decode(first, buf[body:end], 5)
 
 
 def _first_bytes(fixed: tuple[int, ...]) -> bytes:
@@ -151,9 +179,11 @@ def process_up(
                 continue
             if cache is not None and _known_topic(cache, buf, body, end, first, v5):
                 continue
-            topic, alias, poff, pid = publish_fields(buf, body, end, first, conn.version)
+            topic, alias, poff, pid = publish_fields(buf, body, end, first, conn.version, from_client=True)
             alias_only = not topic
             if alias is not None:
+                if conn.alias_max_up is not None and alias > conn.alias_max_up:
+                    raise ProtocolError(f"topic alias {alias} above the maximum {conn.alias_max_up}", 0x94)
                 if alias_only:
                     known = conn._alias_up.get(alias)
                     if known is None:
@@ -194,10 +224,13 @@ def process_up(
                 _remember(cache, buf, body)
             if chain.wants_publish and conn.session is not None:
                 chain.on_publish(conn.session, topic, payload)
-        elif ptype in (SUBSCRIBE, UNSUBSCRIBE):
+            continue
+        if ptype in (SUBSCRIBE, UNSUBSCRIBE):
             splice = _filters(conn, buf, start, body, end, splice, replies)
-        elif ptype == PUBREL and conn._local_rel_up:
-            pid = packet_id_at(buf, body)
+            continue
+        _check_control(conn, buf, first, body, end)
+        if ptype == PUBREL and conn._local_rel_up:
+            pid = packet_id_at(buf, body, end)
             if pid in conn._local_rel_up:
                 conn._local_rel_up.discard(pid)
                 splice = splice or _Splice()
@@ -226,14 +259,7 @@ def _filters(
     grant = conn.grant
     chain = conn.ctx.chain
     sub = buf[start] >> 4 == SUBSCRIBE
-    if (
-        not sub
-        and not grant.interceptors
-        and not chain.wants_unsubscribe
-        and type(grant).auth_unsubscribe is Grant.auth_unsubscribe
-    ):
-        return splice
-    packet = _decode(conn, buf, start, body, end)
+    packet = _decode(conn, buf, start, body, end)  # always: a malformed one is the proxy's to answer
     if sub:
         names = [s.topic_filter for s in packet.subscriptions]
         refused = {i for i, f in enumerate(names) if not grant.auth_subscribe(f)}
@@ -365,7 +391,7 @@ def process_down(
             elif cache is not None and not alias_only:
                 _remember(cache, buf, body)
         elif (ptype in (SUBACK, UNSUBACK)) and conn._pending_sub:
-            plan = conn._pending_sub.pop((ptype, packet_id_at(buf, body)), None)
+            plan = conn._pending_sub.pop((ptype, packet_id_at(buf, body, end)), None)
             if plan is not None:
                 ack = _decode(conn, buf, start, body, end)
                 refused, total, code = plan
@@ -375,7 +401,7 @@ def process_down(
                 splice = splice or _Splice()
                 splice.put(buf, start, end, codec.encode(ack, conn.version))
         elif ptype == PUBREL and conn._local_rel_down:
-            pid = packet_id_at(buf, body)
+            pid = packet_id_at(buf, body, end)
             if pid in conn._local_rel_down:
                 conn._local_rel_down.discard(pid)
                 splice = splice or _Splice()
@@ -385,13 +411,12 @@ def process_down(
             code = buf[body + 1] if body + 1 < end else 0xFF
             if code == 0:
                 conn.connected = True
-                if v5 and end - body > 3:  # properties: the broker may set the keepalive (Server Keep Alive)
-                    connack = _decode(conn, buf, start, body, end)
-                    server_keepalive = next(
-                        (v for p, v in connack.properties if p == SERVER_KEEP_ALIVE), None
-                    )
+                if v5:  # the broker's limits for this session: keepalive and topic aliases
+                    props = _decode(conn, buf, start, body, end).properties
+                    server_keepalive = next((v for p, v in props if p == SERVER_KEEP_ALIVE), None)
                     if server_keepalive is not None:
                         conn.set_keepalive(int(server_keepalive))
+                    conn.alias_max_up = int(next((v for p, v in props if p == TOPIC_ALIAS_MAXIMUM), 0))
                 if conn.session is not None:
                     conn.ctx.chain.on_connect(conn.session, grant)
             else:
