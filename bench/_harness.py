@@ -526,3 +526,184 @@ def machine_line() -> str:
         f"{os.cpu_count()} cores{cpu}, Python {platform.python_version()} ({platform.system()} "
         f"{platform.release()}), mosquitto {mosquitto_version()}"
     )
+
+
+# ================================================================================================
+# Latency benchmark (mqtt_latency.py): CPU meter, percentiles, timer slack, SCHED_FIFO, metrics-on config.
+# Kept in its own section (its own imports too); nothing above depends on it.
+# ================================================================================================
+
+import ctypes
+import math
+import time
+import urllib.request
+
+
+def process_cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` in clock ticks (0 when the process is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def machine_idle_ticks() -> int:
+    """Idle + iowait jiffies of all CPUs together, from /proc/stat."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0
+    return values[3] + (values[4] if len(values) > 4 else 0)
+
+
+class CpuMeter:
+    """Cores kept busy by named groups of processes between ``start()`` and ``stop()``, plus ``machine``
+    (all CPUs) and ``others`` (the machine minus the groups: load from outside the benchmark).
+
+    ``machine`` is the wall time minus the idle time of /proc/stat, not its busy fields: those are sampled at
+    the timer tick, and on this kind of VM, with processes that run in bursts of tens of microseconds (a
+    paced load), a third of the busy ticks went missing (the fields summed to 400 of 600 jiffies over 3 s)
+    while the idle time stayed exact."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._ticks: dict[str, int] = {}
+        self._idle = 0
+        self._t0 = 0.0
+
+    def _read(self) -> dict[str, int]:
+        return {name: sum(process_cpu_ticks(pid) for pid in pids) for name, pids in self.groups.items()}
+
+    def start(self) -> None:
+        self._ticks = self._read()
+        self._idle = machine_idle_ticks()
+        self._t0 = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        ticks = self._read()
+        idle = machine_idle_ticks()
+        elapsed = max(1e-9, time.monotonic() - self._t0)
+        hz = os.sysconf("SC_CLK_TCK")
+        cpu = {name: (ticks[name] - self._ticks[name]) / hz / elapsed for name in self.groups}
+        if idle:
+            cores = os.cpu_count() or 1
+            cpu["machine"] = min(cores, max(0.0, cores - (idle - self._idle) / hz / elapsed))
+            cpu["others"] = max(0.0, cpu["machine"] - sum(cpu[name] for name in self.groups))
+        return cpu
+
+
+def percentile(sorted_values: list[int] | list[float], p: float) -> float:
+    """Nearest-rank percentile (``p`` in 0..100) of an already sorted list; 0 for an empty one."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return float(sorted_values[min(rank, len(sorted_values)) - 1])
+
+
+def set_timer_slack(ns: int = 1) -> bool:
+    """Shrink this thread's timer slack (Linux; default 50 µs) so a select() timeout wakes on time. True when
+    it was set."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(29, ctypes.c_ulong(ns), 0, 0, 0)) == 0  # PR_SET_TIMERSLACK
+    except (OSError, AttributeError):
+        return False
+
+
+def with_metrics(config: str, metrics_port: int) -> str:
+    """A ``gateway_config`` text with the /metrics endpoint on 127.0.0.1:``metrics_port``."""
+    off = '[metrics]\naddress = ""'
+    if off not in config:
+        raise ValueError("no [metrics] address to replace in the gateway config")
+    return config.replace(off, f'[metrics]\naddress = "127.0.0.1:{metrics_port}"')
+
+
+def fetch_metrics(port: int, timeout: float = 5.0) -> dict[str, float]:
+    """The gateway's /metrics as {sample name with labels: value} (comment lines left out)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                out[name] = float(value)
+    return out
+
+
+def set_realtime(pid: int, priority: int = 10) -> int:
+    """SCHED_FIFO at ``priority`` for every thread of ``pid`` (needs root or CAP_SYS_NICE): the process then
+    runs ahead of ordinary processes whenever it is runnable. Returns the number of threads changed."""
+    changed = 0
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+            changed += 1
+        except OSError:
+            pass
+    return changed
+
+
+# ================================================================================================
+# Scale benchmark (mqtt_scale.py): file-descriptor limits and /proc readings of a process's memory and fds.
+# Kept in its own section; nothing above depends on it.
+# ================================================================================================
+
+import resource
+
+
+def raise_nofile(want: int) -> str:
+    """Raise this process's RLIMIT_NOFILE (inherited by every child started afterwards) to ``want`` if
+    possible: the hard limit too when allowed (CAP_SYS_RESOURCE), else the soft limit up to the hard one.
+    Returns what happened, for the output."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and want > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return f"raised soft and hard limit to {want} (was {soft}/{hard})"
+        except (ValueError, OSError) as exc:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return (
+                f"hard limit {hard} could not be raised to {want} ({exc}; needs CAP_SYS_RESOURCE); "
+                f"soft limit set to {hard} (was {soft})"
+            )
+    new_soft = want if hard == resource.RLIM_INFINITY else max(soft, min(want, hard))
+    if new_soft != soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+    return f"soft limit {new_soft} (was {soft}), hard limit {hard}"
+
+
+def nofile_limit(pid: int) -> int:
+    """The soft RLIMIT_NOFILE of ``pid`` (from /proc/<pid>/limits; 0 when unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                value = line.split()[3]
+                return 1 << 62 if value == "unlimited" else int(value)
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
+def proc_status_kib(pid: int, field: str = "VmRSS") -> int:
+    """A ``kB`` field of /proc/<pid>/status (VmRSS, VmHWM, RssAnon, ...), in KiB; 0 when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors ``pid`` has open now."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0

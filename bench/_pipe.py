@@ -49,6 +49,8 @@ def main() -> int:
             client.close()
             return
         upstream.settimeout(None)
+        for sock in (client, upstream):  # as the gateway does: small packets go out at once
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         down = gevent.spawn(_pump, upstream, client)
         _pump(client, upstream)
         down.join()
