@@ -104,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except SettingsError as exc:
             logger.error("SIGHUP: settings not reloaded:\n{}", exc)
 
+    _raise_fd_limit(settings)
     handlers = [
         gevent.signal_handler(signal.SIGTERM, on_signal, "SIGTERM"),
         gevent.signal_handler(signal.SIGINT, on_signal, "SIGINT"),
@@ -121,6 +122,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         for h in handlers:
             h.cancel()
     return 0
+
+
+def _raise_fd_limit(settings: Settings) -> None:
+    """Take the hard limit on open files as the soft one (each MQTT connection holds two sockets), and say
+    so when even that cannot hold every listener's max_connections."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open-files limit from {} to {}: {}", soft, hard, exc)
+    wanted = sum(2 * ls.max_connections for ls in settings.listeners if ls.max_connections)
+    if wanted > soft:
+        logger.info(
+            "open-files limit {} holds about {} connections, below max_connections in total ({}): "
+            "raise it (ulimit -n) or lower max_connections",
+            soft,
+            soft // 2,
+            wanted // 2,
+        )
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:

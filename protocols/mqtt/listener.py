@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import gevent
 import pykka
@@ -15,7 +15,7 @@ from loguru import logger
 from ferryman.actors.contracts import Refusal, RefusalCode
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
-from ferryman.actors.session import ActorSessionControl
+from ferryman.actors.session import ActorSessionControl, Call
 
 from .proxy import MqttConnection
 from .refusals import connack_code
@@ -150,7 +150,7 @@ class MqttListener(pykka.ThreadingActor):
             rest = conn.establish(lambda: self._dial(conn, refs))
             if rest is None:
                 return
-            refs[1].proxy().start_downlink.defer()
+            refs[1].tell(Call("start_downlink"))
             conn.uplink(rest)
         except Exception as exc:  # a bug must cost one connection, never the listener
             logger.opt(exception=exc).error("connection {}:{} failed", *addr)
@@ -162,10 +162,11 @@ class MqttListener(pykka.ThreadingActor):
         refs.append(upstream)
         timeout = self.ctx.settings.connect_timeout
         try:
-            sock: socket.socket = (
-                upstream.proxy()
-                .dial(self.ctx.target_host, self.ctx.target_port, timeout)
-                .get(timeout=timeout + 1)
+            sock = cast(
+                socket.socket,
+                upstream.ask(
+                    Call("dial", (self.ctx.target_host, self.ctx.target_port, timeout)), timeout=timeout + 1
+                ),
             )
         except pykka.Timeout as exc:
             raise OSError(f"dial timed out after {timeout}s") from exc

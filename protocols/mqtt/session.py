@@ -56,6 +56,8 @@ class MqttClientSession(ClientSessionActor):
 
 
 class MqttUpstreamSession(UpstreamSessionActor):
+    CALLS = UpstreamSessionActor.CALLS | {"dial", "start_downlink"}
+
     def __init__(self, conn: MqttConnection) -> None:
         super().__init__()
         self.conn = conn
