@@ -19,6 +19,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the test suite's server helpers serve the benchmarks too
@@ -28,6 +29,8 @@ from tests.servers import free_port, wait_port
 PYTHON = (
     str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 )
+
+_C = TypeVar("_C", bound="_Child")
 
 USERNAME = "bench"
 PASSWORD = "bench"
@@ -61,7 +64,53 @@ def mosquitto_version() -> str:
     return m.group(1) if m else "unknown"
 
 
-class Mosquitto:
+class _Child:
+    """A server child process of a benchmark: ``start`` it (``_spawn`` then wait for its port), ``stop``
+    it by its PID, or use it as a context manager."""
+
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    start_timeout = 15.0
+    stop_timeout = 10.0
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        raise NotImplementedError
+
+    def _failed(self) -> Exception | None:
+        """What to raise instead when the child does not come up (None: the original error)."""
+        return None
+
+    def start(self) -> None:
+        self.proc = self._spawn()
+        try:
+            wait_port(self.port, timeout=self.start_timeout, proc=self.proc)
+        except Exception:
+            self.stop()
+            failure = self._failed()
+            if failure is None:
+                raise
+            raise failure from None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        stop_process(self.proc, signal.SIGTERM, timeout=self.stop_timeout)
+        self.proc = None
+
+    def __enter__(self: _C) -> _C:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class Mosquitto(_Child):
     """One mosquitto on ``port`` (a free one by default), configured for benchmarks: no persistence, and
     queues large enough that a subscriber which keeps up loses no QoS 0 message."""
 
@@ -85,36 +134,13 @@ class Mosquitto:
             "max_queued_bytes 0\n" + self.extra
         )
 
-    def start(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(self.config())
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
+            return subprocess.Popen(
                 ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log
             )
-        try:
-            wait_port(self.port, proc=self.proc)
-        except Exception:
-            self.stop()
-            raise
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
-
-    def __enter__(self) -> Mosquitto:
-        self.start()
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def gateway_config(
@@ -154,7 +180,7 @@ subscribe = {toml_list(subscribe)}
 """
 
 
-class Gateway:
+class Gateway(_Child):
     """``python -m ferryman run --config FILE`` on a free port; stopped with SIGTERM."""
 
     def __init__(
@@ -168,26 +194,22 @@ class Gateway:
         self.config = config if config is not None else gateway_config(self.port, broker_port)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    start_timeout = 30.0
+    stop_timeout = 15.0
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config)
         with self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
+            return subprocess.Popen(
                 [PYTHON, "-m", "ferryman", "run", "--config", str(self.config_path)],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 cwd=self.workdir,
             )
-        try:
-            wait_port(self.port, timeout=30, proc=self.proc)
-        except Exception:
-            self.stop()
-            raise RuntimeError(f"gateway did not start:\n{self.stderr()}") from None
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    def _failed(self) -> Exception | None:
+        return RuntimeError(f"gateway did not start:\n{self.stderr()}")
 
     def stderr(self) -> str:
         try:
@@ -195,21 +217,8 @@ class Gateway:
         except OSError:
             return ""
 
-    def stop(self) -> None:
-        stop_process(self.proc, signal.SIGTERM, timeout=15)
-        self.proc = None
 
-    def __enter__(self) -> Gateway:
-        self.start()
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
-class BytePipe:
+class BytePipe(_Child):
     """``bench/_pipe.py``: a plain gevent byte pipe from a free port to ``target_port`` (the baseline)."""
 
     def __init__(self, workdir: Path, target_port: int, port: int | None = None) -> None:
@@ -219,38 +228,15 @@ class BytePipe:
         self.stderr_path = workdir / f"pipe-{self.port}.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         script = Path(__file__).resolve().parent / "_pipe.py"
         with self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
+            return subprocess.Popen(
                 [PYTHON, str(script), str(self.port), str(self.target_port)],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
             )
-        try:
-            wait_port(self.port, proc=self.proc)
-        except Exception:
-            self.stop()
-            raise
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
-
-    def __enter__(self) -> BytePipe:
-        self.start()
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 # ------------------------------------------------------------------------------------------------ MQTT bytes
