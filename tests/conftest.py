@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for tool in ("mosquitto", "mosquitto_pub", "mosquitto_sub"):
+    for tool in ("mosquitto", "mosquitto_pub", "mosquitto_sub", "prosody", "prosodyctl"):
         if shutil.which(tool) is None:
             raise pytest.UsageError(
                 f"{tool} is not installed: run `make test` (scripts/setup.sh installs it)"
@@ -112,3 +112,13 @@ def gateway_factory(tmp_path: Path) -> Iterator[object]:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"ferryman tests: repo {REPO}, CI={os.environ.get('CI', '')}"
+
+
+@pytest.fixture(scope="session")
+def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One Prosody for the session (tests/prosody.py): localhost with component gw.localhost, on free
+    127.0.0.1 ports, from the project's config/prosody.cfg.lua, run as the prosody user."""
+    from tests.prosody import Prosody
+
+    with Prosody(tmp_path_factory.mktemp("prosody")) as server:
+        yield server
