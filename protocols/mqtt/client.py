@@ -1,0 +1,354 @@
+"""The bridge's own MQTT session to the broker: one long-lived paho-mqtt client in a Pykka actor.
+
+MQTT 5, persistent session (Clean Start 0 and a Session Expiry Interval, so the broker keeps the
+subscriptions and queues QoS 1 messages while the bridge is away), QoS 1 by default, reconnection with
+exponential backoff and a re-subscription of every remembered filter on every (re)connect.
+
+Threads and greenlets. The process is gevent-monkey-patched first, so paho's ``loop_start()`` thread is a
+greenlet in the hub's thread, as is this actor's own (``pykka.ThreadingActor``). paho's callbacks run in
+the network-loop greenlet; they touch only small, lock-guarded bookkeeping and never ``ask`` an actor.
+
+API (through ``MqttClientActor.start(...).proxy()``, or ``ask``/``tell`` of ``Call`` messages):
+
+- ``subscribe(topic_filter, qos=1) -> bool``: remembers the filter (it is subscribed again on every
+  connect) and, when connected, waits up to ``ack_timeout`` for the SUBACK. True if the broker granted
+  it now; False if not connected (the filter stays remembered and is subscribed on the next connect),
+  timed out, or refused (a refused filter is forgotten).
+- ``unsubscribe(topic_filter) -> bool``: forgets the filter; when connected, waits for the UNSUBACK.
+- ``publish(topic, payload, qos=1, retain=False) -> bool``: True when the PUBACK arrives (QoS 1/2) or
+  the packet is written (QoS 0); False on a refusal (reason code >= 0x80), a full queue, or no PUBACK
+  within ``publish_timeout``. It blocks the actor while it waits: use ``publish_async`` for throughput.
+- ``publish_async(...) -> Delivery``: queues the message and returns at once; ``Delivery.wait(timeout)``
+  returns the same bool ``publish`` would, from the caller's greenlet.
+- ``is_connected() -> bool``, ``filters() -> dict[str, int]`` (remembered filter -> QoS),
+  ``connect_count() -> int`` (successful CONNACKs so far).
+
+Publishing while disconnected: QoS 1/2 messages are kept in paho's outgoing queue and sent when the
+session is back (with a PUBACK then, so a ``Delivery`` waited long enough still resolves True). The queue
+is bounded by ``max_queued`` (paho's ``max_queued_messages_set``, counting in-flight messages too); past
+it ``publish`` returns False at once. QoS 0 messages are dropped while disconnected (False).
+
+Incoming messages go to ``sink``, a callable given at construction, called directly in paho's
+network-loop greenlet with a ``ferryman.actors.contracts.Message``: ``kind="mqtt.message"``, ``topic``,
+``payload`` (bytes), ``source="mqtt"`` and ``headers`` with ``qos``, ``retain`` ("0"/"1"), and, when
+present, ``content_type``, ``response_topic`` and the MQTT 5 user properties. The sink must be quick and
+must not block (``actor_ref.tell`` is the intended use): it runs on the network loop. Its exceptions are
+logged and swallowed. QoS 1 means at least once: a sink can see a message twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+import pykka
+from loguru import logger
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ferryman.actors.contracts import Message
+
+__all__ = ["Delivery", "MqttClientActor", "Sink", "parse_url"]
+
+Sink = Callable[[Message], None]
+
+#: Keep at most this many acknowledgements that arrived before anyone waited for them.
+_EARLY_LIMIT = 1024
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """``tcp://host:port`` (or ``mqtt://``; port 1883 when omitted) -> (host, port)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("tcp", "mqtt"):
+        raise ValueError(f"unsupported MQTT url {url!r}: expected tcp://host:port")
+    if not parts.hostname:
+        raise ValueError(f"MQTT url {url!r} has no host")
+    return parts.hostname, parts.port or 1883
+
+
+@dataclass(eq=False)
+class Delivery:
+    """The outcome of one publish (or subscribe / unsubscribe): resolved by the broker's acknowledgement."""
+
+    mid: int
+    _event: threading.Event = field(default_factory=threading.Event, repr=False)
+    ok: bool = False
+    reason: str = ""
+
+    def resolve(self, ok: bool, reason: str = "") -> None:
+        if not self._event.is_set():
+            self.ok, self.reason = ok, reason
+            self._event.set()
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once acknowledged with success; False on failure or when ``timeout`` passes first."""
+        return self._event.wait(timeout) and self.ok
+
+    @classmethod
+    def failed(cls, reason: str) -> Delivery:
+        d = cls(mid=0)
+        d.resolve(False, reason)
+        return d
+
+
+def _failure(codes: list[ReasonCode]) -> str:
+    bad = [str(c) for c in codes if c.is_failure]
+    return ", ".join(bad)
+
+
+class MqttClientActor(pykka.ThreadingActor):
+    """The bridge's persistent MQTT 5 session. See the module docstring for the API and its guarantees."""
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        sink: Sink,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        session_expiry: int = 3600,
+        keepalive: int = 60,
+        reconnect_min: float = 1.0,
+        reconnect_max: float = 60.0,
+        max_queued: int = 1000,
+        ack_timeout: float = 10.0,
+        publish_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.host, self.port = parse_url(url)
+        self.client_id = client_id
+        self.sink = sink
+        self.session_expiry = session_expiry
+        self.keepalive = keepalive
+        self.ack_timeout = ack_timeout
+        self.publish_timeout = publish_timeout
+        self._filters: dict[str, int] = {}
+        self._connected = False
+        self._connects = 0
+        self._lock = threading.Lock()  # guards _pending and _early only; never held while calling paho
+        self._pending: dict[int, Delivery] = {}
+        self._early: dict[int, tuple[bool, str]] = {}
+        self._resubscribe_mids: set[int] = set()
+
+        c = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+        )
+        if username is not None:
+            c.username_pw_set(username, password)
+        # paho's backoff: min, doubled per failed attempt up to max, reset by a successful CONNACK. Its
+        # signature says int, its arithmetic (time + delay, sleep) takes float: sub-second delays work.
+        c.reconnect_delay_set(min_delay=reconnect_min, max_delay=reconnect_max)  # type: ignore[arg-type]
+        c.max_queued_messages_set(max_queued)
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
+        self._client = c
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.session_expiry
+        logger.info(
+            "MQTT client {} connecting to {}:{} (session expiry {}s)",
+            self.client_id,
+            self.host,
+            self.port,
+            self.session_expiry,
+        )
+        self._client.connect_async(
+            self.host, self.port, keepalive=self.keepalive, clean_start=False, properties=props
+        )
+        self._client.loop_start()  # a greenlet once monkey-patched; it retries with backoff until stopped
+
+    def on_stop(self) -> None:
+        logger.info("MQTT client {} stopping", self.client_id)
+        self._client.disconnect()  # normal DISCONNECT: the broker keeps the session for session_expiry
+        self._client.loop_stop()
+        self._connected = False
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.resolve(False, "client stopped")
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        logger.opt(exception=(exception_type, exception_value, traceback)).error(
+            "MQTT client {} crashed", self.client_id
+        )
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- API ---------------------------------------------------------------------------------------
+
+    def is_connected(self) -> bool:
+        return self._connected
+
+    def connect_count(self) -> int:
+        return self._connects
+
+    def filters(self) -> dict[str, int]:
+        return dict(self._filters)
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> bool:
+        self._filters[topic_filter] = qos
+        if not self._connected:
+            logger.debug("MQTT client {}: {} remembered until connected", self.client_id, topic_filter)
+            return False
+        rc, mid = self._client.subscribe(topic_filter, options=SubscribeOptions(qos=qos))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return False
+        d = self._track(mid)
+        if not d.wait(self.ack_timeout):
+            if d.done and d.reason:
+                logger.warning("MQTT client {}: {} refused: {}", self.client_id, topic_filter, d.reason)
+                if self._filters.get(topic_filter) == qos:
+                    del self._filters[topic_filter]
+            return False
+        return True
+
+    def unsubscribe(self, topic_filter: str) -> bool:
+        self._filters.pop(topic_filter, None)
+        if not self._connected:
+            return False
+        rc, mid = self._client.unsubscribe(topic_filter)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return False
+        return self._track(mid).wait(self.ack_timeout)
+
+    def publish_async(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Delivery:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            logger.warning(
+                "MQTT client {}: outgoing queue full, dropped a publish to {}", self.client_id, topic
+            )
+            return Delivery.failed("queue full")
+        if qos == 0:
+            d = Delivery(mid=info.mid)
+            ok = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+            d.resolve(ok, "" if ok else paho.error_string(info.rc))
+            return d
+        # QoS 1/2: MQTT_ERR_NO_CONN means queued in paho until the session is back; the PUBACK resolves it.
+        return self._track(info.mid)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        return self.publish_async(topic, payload, qos, retain).wait(self.publish_timeout)
+
+    # -- acknowledgements --------------------------------------------------------------------------
+
+    def _track(self, mid: int) -> Delivery:
+        d = Delivery(mid=mid)
+        with self._lock:
+            early = self._early.pop(mid, None)
+            if early is None:
+                self._pending[mid] = d
+        if early is not None:
+            d.resolve(*early)
+        return d
+
+    def _ack(self, mid: int, ok: bool, reason: str) -> None:
+        with self._lock:
+            d = self._pending.pop(mid, None)
+            if d is None:
+                if len(self._early) >= _EARLY_LIMIT:
+                    self._early.pop(next(iter(self._early)))
+                self._early[mid] = (ok, reason)
+        if d is not None:
+            d.resolve(ok, reason)
+
+    # -- paho callbacks (network-loop greenlet) ----------------------------------------------------
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        if reason_code.is_failure:
+            logger.warning("MQTT client {}: connection refused: {}", self.client_id, reason_code)
+            return
+        self._connected = True
+        self._connects += 1
+        logger.info(
+            "MQTT client {} connected to {}:{} (session present: {})",
+            self.client_id,
+            self.host,
+            self.port,
+            flags.session_present,
+        )
+        filters = dict(self._filters)
+        if filters:
+            # Always: a broker restarted without persistence has lost the session the flag may still claim.
+            rc, mid = client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in filters.items()])
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+                self._resubscribe_mids.add(mid)
+            logger.info("MQTT client {} re-subscribing {} filter(s)", self.client_id, len(filters))
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        logger.warning(
+            "MQTT client {}: cannot reach {}:{}, retrying with backoff", self.client_id, self.host, self.port
+        )
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        was = self._connected
+        self._connected = False
+        if was:
+            logger.warning("MQTT client {} disconnected: {}", self.client_id, reason_code)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        headers = {"qos": str(msg.qos), "retain": "1" if msg.retain else "0"}
+        props = msg.properties
+        if props is not None:
+            for name, header in (("ContentType", "content_type"), ("ResponseTopic", "response_topic")):
+                value = getattr(props, name, None)
+                if value:
+                    headers[header] = str(value)
+            for key, value in getattr(props, "UserProperty", None) or []:
+                headers.setdefault(str(key), str(value))
+        message = Message(
+            kind="mqtt.message", topic=msg.topic, payload=bytes(msg.payload), source="mqtt", headers=headers
+        )
+        try:
+            self.sink(message)
+        except Exception as exc:
+            logger.opt(exception=exc).error(
+                "MQTT client {}: the sink failed on {}", self.client_id, msg.topic
+            )
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        self._ack(mid, not reason_code.is_failure, str(reason_code) if reason_code.is_failure else "")
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode], properties: Any
+    ) -> None:
+        reason = _failure(reason_codes)
+        if mid in self._resubscribe_mids:
+            self._resubscribe_mids.discard(mid)
+            if reason:
+                logger.warning("MQTT client {}: re-subscription refused: {}", self.client_id, reason)
+            return
+        self._ack(mid, not reason, reason)
+
+    def _on_unsubscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode], properties: Any
+    ) -> None:
+        reason = _failure(reason_codes)
+        self._ack(mid, not reason, reason)
