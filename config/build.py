@@ -15,10 +15,12 @@ from .schema import (
     BridgeSettings,
     BridgeXmppSettings,
     HandlerSettings,
+    JidRuleSettings,
     ListenerSettings,
     LogSettings,
     MetricsSettings,
     Settings,
+    SmartgridSettings,
     TlsSettings,
     UserSettings,
 )
@@ -266,10 +268,29 @@ def _handler(r: TableReader) -> HandlerSettings:
 def _bridge(r: TableReader) -> BridgeSettings:
     mqtt = r.table("mqtt")
     xmpp = r.table("xmpp")
+    smartgrid = r.table("smartgrid")
+    if smartgrid is not None and xmpp is None:
+        r.report("smartgrid", "the smartgrid rule set needs [bridge.xmpp]")
     return BridgeSettings(
-        mqtt=_bridge_mqtt(mqtt) if mqtt is not None else None,
+        # The XMPP bridge needs the bridge's own broker session: [bridge.xmpp] alone implies its defaults.
+        mqtt=_bridge_mqtt(mqtt) if mqtt is not None else (BridgeMqttSettings() if xmpp is not None else None),
         xmpp=_bridge_xmpp(xmpp) if xmpp is not None else None,
+        smartgrid=_smartgrid(smartgrid) if smartgrid is not None else None,
     )
+
+
+def _smartgrid(r: TableReader) -> SmartgridSettings:
+    root = r.string("root", "smartgrid/")
+    if not root or "+" in root or "#" in root:
+        r.report("root", f"{root!r}: a topic prefix without wildcards is required")
+    return SmartgridSettings(root if root.endswith("/") else root + "/")
+
+
+def _jid_rule(r: TableReader) -> JidRuleSettings:
+    jid = r.string("jid")
+    if jid and ("/" in jid or "@" not in jid):
+        r.report("jid", f"{jid!r} is not a bare JID (user@domain)")
+    return JidRuleSettings(jid, r.strings("publish"), r.strings("subscribe"))
 
 
 def _bridge_mqtt(r: TableReader) -> BridgeMqttSettings:
@@ -307,4 +328,5 @@ def _bridge_xmpp(r: TableReader) -> BridgeXmppSettings:
     store = r.string("store", "ferryman-bridge.sqlite3")
     if not store:
         r.report("store", "must not be empty")
-    return BridgeXmppSettings(mode, jid, secret, server, allowed_jids, store)
+    rules = tuple(_jid_rule(reader) for reader in r.tables("rules"))
+    return BridgeXmppSettings(mode, jid, secret, server, allowed_jids, store, rules)

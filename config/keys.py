@@ -103,8 +103,12 @@ ROOT = Table(
                         "server": Kind.STR,
                         "allowed_jids": Kind.STRS,
                         "store": Kind.STR,
+                        "rules": TableArray(
+                            Table({"jid": Kind.STR, "publish": Kind.STRS, "subscribe": Kind.STRS})
+                        ),
                     }
                 ),
+                "smartgrid": Table({"root": Kind.STR}),
             }
         ),
     }

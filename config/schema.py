@@ -17,10 +17,12 @@ __all__ = [
     "BridgeSettings",
     "BridgeXmppSettings",
     "HandlerSettings",
+    "JidRuleSettings",
     "ListenerSettings",
     "LogSettings",
     "MetricsSettings",
     "Settings",
+    "SmartgridSettings",
     "TlsSettings",
     "UserSettings",
 ]
@@ -161,6 +163,23 @@ class BridgeMqttSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class JidRuleSettings:
+    """Per-JID filters of the XMPP bridge (``[[bridge.xmpp.rules]]``); a JID without a rule may use every
+    topic, one with a rule only these."""
+
+    jid: str
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SmartgridSettings:
+    """The optional xmpp-mqtt-gateway "smartgrid" rule set (``[bridge.smartgrid]``; present = enabled)."""
+
+    root: str = "smartgrid/"
+
+
+@dataclass(frozen=True, slots=True)
 class BridgeXmppSettings:
     mode: str = "component"  # component (XEP-0114) | client
     jid: str = ""
@@ -168,6 +187,7 @@ class BridgeXmppSettings:
     server: str = "127.0.0.1:5347"
     allowed_jids: tuple[str, ...] = ()  # bare JIDs; empty = nobody
     store: str = "ferryman-bridge.sqlite3"  # where bridge subscriptions persist
+    rules: tuple[JidRuleSettings, ...] = ()
 
     __repr__ = _masked_repr
 
@@ -178,6 +198,7 @@ class BridgeSettings:
 
     mqtt: BridgeMqttSettings | None = None
     xmpp: BridgeXmppSettings | None = None
+    smartgrid: SmartgridSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)

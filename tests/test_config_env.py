@@ -62,7 +62,10 @@ def test_nested_table_is_created_and_enabled() -> None:
     )
     assert settings.bridge.xmpp is not None
     assert (settings.bridge.xmpp.jid, settings.bridge.xmpp.secret) == ("gw.localhost", "s3cret")
-    assert settings.bridge.mqtt is None
+    # the XMPP bridge needs its own broker session: [bridge.xmpp] implies [bridge.mqtt] with its defaults
+    from ferryman.config import BridgeMqttSettings
+
+    assert settings.bridge.mqtt == BridgeMqttSettings()
 
 
 def test_nested_table_from_env_must_be_complete() -> None:
