@@ -9,7 +9,7 @@ imports a protocol or a handler.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
@@ -47,10 +47,15 @@ class Gateway:
         settings: Any,
         listener_factories: Mapping[str, ListenerFactory] | None = None,
         handler_factories: Mapping[str, type[HandlerActor]] | None = None,
+        components: Sequence[Callable[[Gateway], list[Any]]] = (),
     ) -> None:
         self.settings = settings
         self._listener_factories = dict(listener_factories or {})
         self._handler_factories = dict(handler_factories or {})
+        # Builders of further parts (the bridge): each returns what it started, actor refs or objects with
+        # stop(), in start order; they start after the handlers and stop, in reverse, before them.
+        self._components = list(components)
+        self.parts: list[Any] = []
         self.metrics = Metrics()
         self.router: pykka.ActorRef[Any] | None = None
         self.handlers: list[pykka.ActorRef[Any]] = []
@@ -93,6 +98,8 @@ class Gateway:
                 raise GatewayError(f"handler {name!r}: " + "; ".join(errors))
             self.handlers.append(cls.start(options=options, settings=s, router=self.router))
         chain = HandlerChain(self.handlers)
+        for build in self._components:
+            self.parts.extend(build(self))
         for ls in s.listeners:
             listener_cls = self.listener_class(ls.protocol)
             problems = listener_cls.validate_settings(ls)
@@ -145,7 +152,11 @@ class Gateway:
             gevent.sleep(0)  # let the pumps see their sockets close and send their notifications
         if self.metrics_server is not None:
             _quiet(self.metrics_server, lambda m: m.stop())
-        for ref in [*reversed(listeners), *reversed(self.handlers), *([self.router] if self.router else [])]:
+        for ref in reversed(listeners):
+            _quiet(ref, lambda r: r.stop(timeout=timeout))
+        for part in reversed(self.parts):
+            _quiet(part, lambda p: p.stop(timeout=timeout))
+        for ref in [*reversed(self.handlers), *([self.router] if self.router else [])]:
             _quiet(ref, lambda r: r.stop(timeout=timeout))
         logger.info("gateway stopped ({} session(s) closed)", closed)
 

@@ -18,4 +18,8 @@ HANDLERS: dict[str, Any] = {"allow-all": AllowAllHandler, "static": StaticHandle
 
 
 def build_gateway(settings: Any) -> Gateway:
-    return Gateway(settings, listener_factories=LISTENERS, handler_factories=HANDLERS)
+    from ferryman.bridge_wiring import build_bridge  # imports slixmpp and paho only when called
+
+    return Gateway(
+        settings, listener_factories=LISTENERS, handler_factories=HANDLERS, components=[build_bridge]
+    )

@@ -1,0 +1,56 @@
+"""Builds the XMPP <-> MQTT bridge from ``[bridge.*]``: the bridge's MQTT session, the asyncio host and the
+XMPP session on it, and the bridge handler actor, registered with the Router. A Gateway component (see
+``actors/gateway.py``): it returns what it started, in order, and the Gateway stops them in reverse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ferryman.actors.asyncio_host import AsyncioHost
+from ferryman.actors.gateway import Gateway
+from ferryman.bridge.authz import BridgeAuthz
+from ferryman.bridge.store import Store
+from ferryman.bridge.xmpp_mqtt import MQTT_MESSAGE, XMPP_CHAT, XmppMqttBridge
+from ferryman.protocols.mqtt.client import MqttClientActor
+from ferryman.protocols.xmpp.session import XmppSession
+
+__all__ = ["build_bridge"]
+
+
+def build_bridge(gateway: Gateway) -> list[Any]:
+    bridge = gateway.settings.bridge
+    if bridge.mqtt is None:
+        return []
+    assert gateway.router is not None
+    route = gateway.router.proxy().route
+    parts: list[Any] = []
+    if bridge.xmpp is not None:
+        host = AsyncioHost()
+        host.start()
+        parts.append(host)
+    mqtt = MqttClientActor.start(
+        bridge.mqtt.url,
+        bridge.mqtt.client_id,
+        lambda message: route.defer(message),
+        username=bridge.mqtt.username or None,
+        password=bridge.mqtt.password or None,
+    )
+    parts.append(mqtt)
+    if bridge.xmpp is None:
+        return parts
+    xmpp = XmppSession.start(bridge.xmpp, host, gateway.router)
+    parts.append(xmpp)
+    rules = {r.jid: (r.publish, r.subscribe) for r in bridge.xmpp.rules}
+    handler = XmppMqttBridge.start(
+        xmpp=xmpp,
+        mqtt=mqtt,
+        store=Store(bridge.xmpp.store),
+        authz=BridgeAuthz(bridge.xmpp.allowed_jids, rules),
+        settings=gateway.settings,
+        router=gateway.router,
+    )
+    parts.append(handler)
+    router = gateway.router.proxy()
+    router.register(XMPP_CHAT, handler).get(timeout=5)
+    router.register(MQTT_MESSAGE, handler).get(timeout=5)
+    return parts
