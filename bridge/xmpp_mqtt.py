@@ -6,6 +6,11 @@ and ``mqtt.message`` (from the bridge's own MQTT session). Replies and deliverie
 session actor's ``send_chat``; subscriptions through the MQTT client actor, one broker subscription per
 distinct filter whatever the number of JIDs (``SubscriptionRegistry``), persisted per JID in SQLite
 (``Store``) and restored on start. Commands and replies follow DESIGN.md's contract (``commands.py``).
+
+With ``[bridge.smartgrid]`` a second handler actor (``smartgrid_handler.SmartgridHandler``) owns the smartgrid
+commands, renderings and last-value cache: this actor hands it the chats whose first word is GET and the
+messages under its root, and stays the one owner of every subscription (``subscribe_for``), so ref-counting,
+persistence, ``list`` and ``unsubscribe`` cover smartgrid topics too. See that module for the design.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from loguru import logger
 
 from ferryman.actors.contracts import Message
 from ferryman.actors.handler import HandlerActor
+from ferryman.actors.topics import matches
 
 from .authz import BridgeAuthz, bare_jid
 from .commands import (
@@ -36,6 +42,7 @@ from .commands import (
     reply_unsubscribed,
 )
 from .rendering import render_message
+from .smartgrid_handler import is_smartgrid_command
 from .store import Store
 from .subscriptions import SubscriptionRegistry
 
@@ -58,6 +65,9 @@ class XmppMqttBridge(HandlerActor):
         options: Mapping[str, Any] | None = None,
         settings: Any = None,
         router: Any = None,
+        smartgrid: pykka.ActorRef[Any] | None = None,
+        smartgrid_root: str = "smartgrid/",
+        smartgrid_marks: Store | None = None,
     ) -> None:
         super().__init__(options=options, settings=settings, router=router)
         self.xmpp = xmpp.proxy()
@@ -65,18 +75,33 @@ class XmppMqttBridge(HandlerActor):
         self.store = store
         self.authz = authz
         self.registry = SubscriptionRegistry()
+        # The smartgrid rule set (None: disabled). ``_marks``: the (JID, topic) subscriptions made by GET,
+        # rendered by the smartgrid actor; persisted in ``smartgrid_marks`` when given.
+        self.smartgrid = smartgrid.proxy() if smartgrid is not None else None
+        self.smartgrid_root = smartgrid_root
+        self.marks_store = smartgrid_marks
+        self._marks: set[tuple[str, str]] = set()
 
     def on_start(self) -> None:
         saved = self.store.load()
         self.registry.load(saved)
         for topic_filter in sorted(self.registry.all_filters()):
             self.mqtt.subscribe.defer(topic_filter)  # remembered by the client even while disconnected
+        if self.marks_store is not None:
+            for jid, topics in self.marks_store.load().items():
+                for topic in topics:
+                    if self.registry.has(jid, topic):
+                        self._marks.add((jid, topic))
+                    else:  # unsubscribed while the marks could not be written: drop the stale mark
+                        self.marks_store.remove(jid, topic)
         logger.info(
             "bridge: {} subscription(s) of {} JID(s) restored", sum(map(len, saved.values())), len(saved)
         )
 
     def on_stop(self) -> None:
         self.store.close()
+        if self.marks_store is not None:
+            self.marks_store.close()
 
     # -- routing ---------------------------------------------------------------------------------------
     def handle(self, message: Message) -> None:
@@ -94,6 +119,9 @@ class XmppMqttBridge(HandlerActor):
             logger.info("bridge: refused {}: not in allowed_jids", jid)
             self._reply(jid, reply_error(f"{jid} is not allowed to use this gateway"))
             return
+        if self.smartgrid is not None and is_smartgrid_command(text):
+            self.smartgrid.command.defer(jid, text, self.actor_ref)  # it tells subscribe_for back
+            return
         command = parse_command(text)
         if isinstance(command, Subscribe):
             error = self.authz.check_subscribe(jid, command.filter)
@@ -103,6 +131,7 @@ class XmppMqttBridge(HandlerActor):
             if self.registry.add(jid, command.filter):
                 self.mqtt.subscribe.defer(command.filter)
             self.store.add(jid, command.filter)
+            self._unmark(jid, command.filter)  # the last command decides: plain rendering again
             self._reply(jid, reply_subscribed(command.filter))
         elif isinstance(command, Unsubscribe):
             if not self.registry.has(jid, command.filter):
@@ -110,7 +139,10 @@ class XmppMqttBridge(HandlerActor):
                 return
             if self.registry.remove(jid, command.filter):
                 self.mqtt.unsubscribe.defer(command.filter)
+                if self.smartgrid is not None and command.filter.startswith(self.smartgrid_root):
+                    self.smartgrid.forget.defer(command.filter)
             self.store.remove(jid, command.filter)
+            self._unmark(jid, command.filter)
             self._reply(jid, reply_unsubscribed(command.filter))
         elif isinstance(command, Publish):
             error = self.authz.check_publish(jid, command.topic, command.payload_bytes)
@@ -125,6 +157,35 @@ class XmppMqttBridge(HandlerActor):
         elif isinstance(command, Help):
             self._reply(jid, reply_help(command))
 
+    # -- smartgrid (told by the smartgrid actor) -------------------------------------------------------
+    def subscribe_for(self, jid: str, topic: str) -> None:
+        """Subscribe ``jid`` to ``topic`` for the smartgrid rule set (a GET); then the smartgrid actor answers
+        from its cache. The registry, the store and ``unsubscribe`` treat it like any subscription."""
+        if self.smartgrid is None:
+            return
+        error = self.authz.check_subscribe(jid, topic)
+        if error:
+            self._reply(jid, reply_error(error))
+            return
+        if self.registry.add(jid, topic):
+            self.mqtt.subscribe.defer(topic)
+        self.store.add(jid, topic)
+        if (jid, topic) not in self._marks:
+            self._marks.add((jid, topic))
+            if self.marks_store is not None:
+                self.marks_store.add(jid, topic)
+        self.smartgrid.answer.defer(jid, topic)
+
+    def _unmark(self, jid: str, topic_filter: str) -> None:
+        if (jid, topic_filter) in self._marks:
+            self._marks.discard((jid, topic_filter))
+            if self.marks_store is not None:
+                self.marks_store.remove(jid, topic_filter)
+
+    def _plain_match(self, jid: str, topic: str) -> bool:
+        """Whether a filter of ``jid`` that a GET did not make matches ``topic``."""
+        return any(matches(f, topic) for f in self.registry.filters_of(jid) if (jid, f) not in self._marks)
+
     def _confirm(self, jid: str, topic: str, delivery: Any) -> None:
         if delivery.wait(10):
             self._reply(jid, reply_published(topic))
@@ -136,7 +197,17 @@ class XmppMqttBridge(HandlerActor):
         jids = self.registry.jids_for(topic)
         if not jids:
             return
+        plain = jids
+        if self.smartgrid is not None and topic.startswith(self.smartgrid_root):
+            marked = {j for j in jids if (j, topic) in self._marks}
+            if marked:
+                # a marked JID also gets the plain rendering when another (plain) filter of its matches
+                plain = frozenset(j for j in jids if j not in marked or self._plain_match(j, topic))
+            allowed = [j for j in sorted(marked) if self.authz.may_deliver(j, topic)]
+            self.smartgrid.deliver.defer(topic, payload, allowed)  # also feeds its cache
+        if not plain:
+            return
         body = render_message(topic, payload)
-        for jid in sorted(jids):
+        for jid in sorted(plain):
             if self.authz.may_deliver(jid, topic):
                 self._reply(jid, body)

@@ -9,6 +9,8 @@ from typing import Any
 from ferryman.actors.asyncio_host import AsyncioHost
 from ferryman.actors.gateway import Gateway
 from ferryman.bridge.authz import BridgeAuthz
+from ferryman.bridge.smartgrid import SmartgridRules
+from ferryman.bridge.smartgrid_handler import SmartgridHandler
 from ferryman.bridge.store import Store
 from ferryman.bridge.xmpp_mqtt import MQTT_MESSAGE, XMPP_CHAT, XmppMqttBridge
 from ferryman.protocols.mqtt.client import MqttClientActor
@@ -41,6 +43,17 @@ def build_bridge(gateway: Gateway) -> list[Any]:
     xmpp = XmppSession.start(bridge.xmpp, host, gateway.router)
     parts.append(xmpp)
     rules = {r.jid: (r.publish, r.subscribe) for r in bridge.xmpp.rules}
+    smartgrid: Any = None
+    smartgrid_root = "smartgrid/"
+    marks: Store | None = None
+    if bridge.smartgrid is not None:
+        # The second handler actor: the main bridge hands it GET chats and messages under its root.
+        smartgrid_root = SmartgridRules(bridge.smartgrid.root).root
+        smartgrid = SmartgridHandler.start(
+            xmpp=xmpp, root=smartgrid_root, settings=gateway.settings, router=gateway.router
+        )
+        parts.append(smartgrid)
+        marks = Store(_marks_path(bridge.xmpp.store))
     handler = XmppMqttBridge.start(
         xmpp=xmpp,
         mqtt=mqtt,
@@ -48,9 +61,19 @@ def build_bridge(gateway: Gateway) -> list[Any]:
         authz=BridgeAuthz(bridge.xmpp.allowed_jids, rules),
         settings=gateway.settings,
         router=gateway.router,
+        smartgrid=smartgrid,
+        smartgrid_root=smartgrid_root,
+        smartgrid_marks=marks,
     )
     parts.append(handler)
     router = gateway.router.proxy()
     router.register(XMPP_CHAT, handler).get(timeout=5)
     router.register(MQTT_MESSAGE, handler).get(timeout=5)
     return parts
+
+
+def _marks_path(store: str) -> str:
+    """Where the smartgrid marks (which subscriptions a GET made) persist: a SQLite file next to the store."""
+    if store == ":memory:" or store.startswith("file:"):
+        return ":memory:"
+    return store + ".smartgrid"
