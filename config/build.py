@@ -329,4 +329,5 @@ def _bridge_xmpp(r: TableReader) -> BridgeXmppSettings:
     if not store:
         r.report("store", "must not be empty")
     rules = tuple(_jid_rule(reader) for reader in r.tables("rules"))
-    return BridgeXmppSettings(mode, jid, secret, server, allowed_jids, store, rules)
+    ca_file = _file(r, "ca_file")
+    return BridgeXmppSettings(mode, jid, secret, server, allowed_jids, store, rules, ca_file)

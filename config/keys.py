@@ -103,6 +103,7 @@ ROOT = Table(
                         "server": Kind.STR,
                         "allowed_jids": Kind.STRS,
                         "store": Kind.STR,
+                        "ca_file": Kind.STR,
                         "rules": TableArray(
                             Table({"jid": Kind.STR, "publish": Kind.STRS, "subscribe": Kind.STRS})
                         ),

@@ -188,6 +188,7 @@ class BridgeXmppSettings:
     allowed_jids: tuple[str, ...] = ()  # bare JIDs; empty = nobody
     store: str = "ferryman-bridge.sqlite3"  # where bridge subscriptions persist
     rules: tuple[JidRuleSettings, ...] = ()
+    ca_file: str = ""  # client mode: CA for STARTTLS (default: the system's); loopback servers need none
 
     __repr__ = _masked_repr
 

@@ -40,7 +40,7 @@ def build_bridge(gateway: Gateway) -> list[Any]:
     parts.append(mqtt)
     if bridge.xmpp is None:
         return parts
-    xmpp = XmppSession.start(bridge.xmpp, host, gateway.router)
+    xmpp = XmppSession.start(bridge.xmpp, host, gateway.router, ca_file=bridge.xmpp.ca_file or None)
     parts.append(xmpp)
     rules = {r.jid: (r.publish, r.subscribe) for r in bridge.xmpp.rules}
     smartgrid: Any = None

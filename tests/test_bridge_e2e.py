@@ -198,3 +198,28 @@ def test_publish_command_reaches_mqtt(
     finally:
         if sub.poll() is None:
             sub.kill()
+
+
+def test_refused_topics_for_a_jid_with_rules(
+    gateway_factory: Any, broker: Mosquitto, xmpp: Prosody, host: AsyncioHost
+) -> None:
+    """[[bridge.xmpp.rules]]: alice may subscribe to sensors/# and publish to cmd/# only."""
+    config = (
+        CONFIG.format(
+            broker=broker.port,
+            uid=uuid.uuid4().hex[:6],
+            component=xmpp.component_jid,
+            secret=xmpp.component_secret,
+            component_port=xmpp.component_port,
+        )
+        + '[[bridge.xmpp.rules]]\njid = "alice@localhost"\npublish = ["cmd/#"]\nsubscribe = ["sensors/#"]\n'
+    )
+    gateway_factory(config)
+    alice = login(host, xmpp, "alice")
+    until_answered(host, alice, "list", lambda b: True)
+    say(host, alice, "subscribe secret/#")
+    assert reply(host, alice, lambda b: True) == "error: not allowed to subscribe to secret/#"
+    say(host, alice, "publish other/x hi")
+    assert reply(host, alice, lambda b: True) == "error: not allowed to publish to other/x"
+    say(host, alice, "subscribe sensors/a/#")
+    assert reply(host, alice, lambda b: True) == "subscribed sensors/a/#"
