@@ -122,3 +122,15 @@ def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     with Prosody(tmp_path_factory.mktemp("prosody")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[object]:
+    """An asyncio host (one loop in a real thread) for slixmpp test clients, per test module: slixmpp
+    objects bind to the loop they were made on."""
+    from ferryman.actors.asyncio_host import AsyncioHost
+
+    h = AsyncioHost()
+    h.start()
+    yield h
+    h.stop()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -38,14 +38,6 @@ server = "127.0.0.1:{component_port}"
 allowed_jids = ["alice@localhost"]
 store = "{{workdir}}/bridge.sqlite3"
 """
-
-
-@pytest.fixture(scope="module")
-def host() -> Iterator[AsyncioHost]:
-    h = AsyncioHost()
-    h.start()
-    yield h
-    h.stop()
 
 
 @pytest.fixture(scope="module")

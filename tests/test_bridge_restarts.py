@@ -23,14 +23,6 @@ DELIVERY_LIMIT = 30.0  # safety limit for a delivery to come back after a restar
 
 
 @pytest.fixture(scope="module")
-def host() -> Iterator[AsyncioHost]:
-    h = AsyncioHost()
-    h.start()
-    yield h
-    h.stop()
-
-
-@pytest.fixture(scope="module")
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     """A mosquitto of this module only: the tests stop and start it again on the same port."""
     with Mosquitto(tmp_path_factory.mktemp("restart-mosquitto")) as m:

@@ -7,7 +7,7 @@ The clients speak plain TCP on 127.0.0.1 (no TLS in the test config) and log in 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,14 +20,6 @@ from tests.prosody import Prosody
 LIMIT = 10.0  # a safety limit per test, never a measured duration
 STEP = 5.0  # per awaited event
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw"}
-
-
-@pytest.fixture(scope="module")
-def host() -> Iterator[AsyncioHost]:
-    h = AsyncioHost()
-    h.start()
-    yield h
-    h.stop()
 
 
 @pytest.fixture(scope="module")

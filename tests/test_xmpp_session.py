@@ -37,14 +37,6 @@ class Collector(pykka.ThreadingActor):
         self.inbox.put(message)
 
 
-@pytest.fixture(scope="module")
-def host() -> Iterator[AsyncioHost]:
-    h = AsyncioHost()
-    h.start()
-    yield h
-    h.stop()
-
-
 @pytest.fixture
 def routed() -> Iterator[tuple[pykka.ActorRef[Any], queue.Queue[Message]]]:
     inbox: queue.Queue[Message] = queue.Queue()
