@@ -13,10 +13,9 @@ import pytest
 from ferryman.actors.asyncio_host import AsyncioHost
 from tests.prosody import Prosody
 from tests.servers import GatewayProcess, Mosquitto
-from tests.test_bridge_e2e import (  # noqa: F401  (host and xmpp are fixtures)
+from tests.test_bridge_e2e import (  # noqa: F401  (xmpp is a fixture)
     CONFIG,
     LIMIT,
-    host,
     login,
     mosquitto_pub,
     reply,
@@ -45,13 +44,13 @@ def gateway(gateway_factory: Any, broker: Mosquitto, xmpp: Prosody) -> GatewayPr
     return gw
 
 
-def ready(host: AsyncioHost, client: Client) -> None:  # noqa: F811
+def ready(host: AsyncioHost, client: Client) -> None:
     """Waits until the gateway's XMPP session answers."""
     until_answered(host, client, "list", lambda b: b == "no subscriptions" or "/" in b)
 
 
 def published_until(
-    host: AsyncioHost,  # noqa: F811
+    host: AsyncioHost,
     client: Client,
     broker: Mosquitto,
     topic: str,
@@ -68,7 +67,7 @@ def published_until(
             assert time.monotonic() < deadline, f"nothing delivered for {topic}"
 
 
-def bodies_until(host: AsyncioHost, client: Client, want: Callable[[str], bool]) -> list[str]:  # noqa: F811
+def bodies_until(host: AsyncioHost, client: Client, want: Callable[[str], bool]) -> list[str]:
     """Every chat body up to and including the first matching one."""
     seen: list[str] = []
 
@@ -84,7 +83,7 @@ def test_get_devices_variable_values_and_the_cache(
     gateway: GatewayProcess,
     broker: Mosquitto,
     xmpp: Prosody,  # noqa: F811
-    host: AsyncioHost,  # noqa: F811
+    host: AsyncioHost,
 ) -> None:
     dev = f"bat_{uuid.uuid4().hex[:6]}"
     alice = login(host, xmpp, "alice")
@@ -135,7 +134,7 @@ def test_unsubscribe_stops_and_invalid_json_is_not_sent(
     gateway: GatewayProcess,
     broker: Mosquitto,
     xmpp: Prosody,  # noqa: F811
-    host: AsyncioHost,  # noqa: F811
+    host: AsyncioHost,
 ) -> None:
     t = uuid.uuid4().hex[:6]
     dev = f"bat_{t}"
@@ -176,7 +175,7 @@ def test_plain_subscriber_on_the_same_topic_keeps_plain_rendering_and_its_own_su
     gateway: GatewayProcess,
     broker: Mosquitto,
     xmpp: Prosody,  # noqa: F811
-    host: AsyncioHost,  # noqa: F811
+    host: AsyncioHost,
 ) -> None:
     dev = f"th_{uuid.uuid4().hex[:6]}"
     topic = f"smartgrid/{dev}/temp"
