@@ -157,6 +157,23 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ferryman.protocols.tls.pki import write_dev_pki
+
+    try:
+        written = write_dev_pki(
+            Path(args.directory), ocsp_url=args.ocsp_url, crl_url=args.crl_url, overwrite=args.force
+        )
+    except FileExistsError as exc:
+        print(f"ferryman certs: {exc} (use --force to replace it)", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferryman", description="IoT protocol gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     hp.add_argument("password", nargs="?", help="the password (prompted for when left out)")
     hp.add_argument("--iterations", type=int, default=200_000)
     hp.set_defaults(func=cmd_hash_password)
+    certs = sub.add_parser("certs", help="write a development PKI (CA, server, clients, CRL) into DIR")
+    certs.add_argument("directory", metavar="DIR")
+    certs.add_argument("--ocsp-url", default="http://127.0.0.1:8889/ocsp", help="AIA OCSP URL in the leaves")
+    certs.add_argument("--crl-url", default="http://127.0.0.1:8889/crl.pem", help="CRL distribution point")
+    certs.add_argument("--force", action="store_true", help="replace files that exist")
+    certs.set_defaults(func=cmd_certs)
     args = parser.parse_args(argv)
     rc: int = args.func(args)
     return rc

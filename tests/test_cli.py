@@ -196,3 +196,20 @@ handler = "allow-all"
     messages = [r["record"]["message"] for r in records]
     assert any("gateway started" in m for m in messages)
     assert any("SIGTERM received" in m for m in messages)
+
+
+def test_certs_writes_the_contract_files_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = ferryman("certs", str(tmp_path / "pki"))
+    assert out.returncode == 0, out.stderr
+    for name in (
+        "ca.crt",
+        "server.key",
+        "client-revoked.crt",
+        "client-unknown.key",
+        "client-expired.crt",
+        "crl.pem",
+    ):
+        assert (tmp_path / "pki" / name).is_file()
+    again = ferryman("certs", str(tmp_path / "pki"))
+    assert again.returncode == 1 and "--force" in again.stderr
+    assert ferryman("certs", str(tmp_path / "pki"), "--force").returncode == 0
