@@ -150,11 +150,13 @@ target = "tls://127.0.0.1:8883"
 [listener.tls]
 cert_file = "s.crt"
 key_file = "s.key"
+client_ca_file = "s.crt"
+verify = ["ocsp"]
 """
     )
     out = ferryman("check", "--config", str(cfg))
     assert out.returncode == 1
-    assert "listener[0]: TLS listeners" in out.stderr
+    assert "listener[0]: revocation checks" in out.stderr
     assert "listener[0]: target scheme 'tls'" in out.stderr
 
 

@@ -88,6 +88,8 @@ class MqttConnection:
         # CONNACK (MQTT-3.2.0-1). None once it has.
         self._early: list[bytes] | None = []
         self.control: SessionControl | None = None
+        self.peer_cert: bytes | None = None  # the verified client certificate (DER), on TLS listeners
+        self.identity: str | None = None  # and its identity (subject CN, else the first SAN)
         self.on_close: list[Callable[[str], None]] = []
         self._up_counters = PacketCounters(ctx.metrics, ctx.name, "up")
         self._down_counters = PacketCounters(ctx.metrics, ctx.name, "down")
@@ -247,6 +249,8 @@ class MqttConnection:
             username=connect.username,
             password=connect.password,
             control=self.control,
+            peer_cert=self.peer_cert,
+            identity=self.identity,
         )
         decision = self.ctx.chain.connect(self.session)
         if isinstance(decision, Refusal):
