@@ -156,7 +156,7 @@ verify = ["ocsp"]
     )
     out = ferryman("check", "--config", str(cfg))
     assert out.returncode == 1
-    assert "listener[0]: revocation checks" in out.stderr
+    assert "listener[0]: OCSP checks" in out.stderr
     assert "listener[0]: target scheme 'tls'" in out.stderr
 
 

@@ -48,8 +48,11 @@ class MqttListener(pykka.ThreadingActor):
     def validate_settings(cls, settings: Any) -> list[str]:
         """What this listener cannot do with these settings (checked by the Gateway and `ferryman check`)."""
         problems = []
-        if settings.tls is not None and settings.tls.verify:
-            problems.append("revocation checks (tls.verify = ocsp/crl) are not available in this version yet")
+        tls = settings.tls
+        if tls is not None and "ocsp" in tls.verify:
+            problems.append("OCSP checks (tls.verify = ocsp) are not available in this version yet")
+        if tls is not None and "crl" in tls.verify and not tls.crl_file:
+            problems.append("CRL checks need tls.crl_file in this version (distribution points come later)")
         scheme = settings.parsed_target.scheme
         if scheme != "tcp":
             problems.append(f"target scheme {scheme!r} is not available yet (use tcp://)")

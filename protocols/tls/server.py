@@ -25,6 +25,11 @@ def server_context(tls: Any) -> ssl.SSLContext:
     if tls.client_ca_file:
         ctx.load_verify_locations(tls.client_ca_file)
         ctx.verify_mode = ssl.CERT_REQUIRED
+    if "crl" in tls.verify and tls.crl_file:
+        # OpenSSL checks the CRL's signature against the CA and its validity window (an expired CRL fails
+        # every handshake: fail closed), then the client certificate's serial against it.
+        ctx.load_verify_locations(tls.crl_file)
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
 
 
@@ -36,6 +41,9 @@ def handshake(ctx: ssl.SSLContext, sock: socket.socket, timeout: float) -> ssl.S
     except gevent.Timeout:
         tls.close()
         raise TlsRefused(f"no TLS handshake within {timeout}s") from None
+    except ssl.SSLCertVerificationError as exc:
+        tls.close()
+        raise TlsRefused(f"client certificate refused: {exc.verify_message}") from None  # e.g. revoked
     except (ssl.SSLError, OSError) as exc:
         tls.close()
         raise TlsRefused(getattr(exc, "reason", None) or str(exc)) from None
