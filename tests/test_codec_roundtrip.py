@@ -125,3 +125,17 @@ def test_decoded_properties_are_independent_lists() -> None:
     assert isinstance(a, Publish) and isinstance(b, Publish)
     a.properties.append((PropertyId.CONTENT_TYPE, "x"))
     assert b.properties == []
+
+
+def test_changed_bytes_only_when_the_packet_really_changed() -> None:
+    from ferryman.protocols.mqtt.codec import changed_bytes
+    from ferryman.protocols.mqtt.packets import Puback, Publish
+
+    raw = encode(Publish("a/b", b"x", qos=1, packet_id=7), 4)
+    assert changed_bytes(raw, Publish("a/b", b"x", qos=1, packet_id=7), 4) is None
+    assert changed_bytes(raw, Publish("c/d", b"x", qos=1, packet_id=7), 4) == encode(
+        Publish("c/d", b"x", qos=1, packet_id=7), 4
+    )
+    long_form = b"\x40\x04\x00\x07\x00\x00"  # a v5 PUBACK with reason and property length spelled out
+    assert changed_bytes(long_form, Puback(7), 5) is None  # equal packet: the sender's bytes are kept
+    assert changed_bytes(long_form, Puback(7, 0x10), 5) == encode(Puback(7, 0x10), 5)

@@ -134,6 +134,10 @@ def test_on_disconnect_fires_exactly_once_per_connected_session(library_gateway:
     ]
 
 
+def test_listener_address_is_the_bound_one(library_gateway: Gateway) -> None:
+    assert library_gateway.listener_address("mqtt") == ("127.0.0.1", library_gateway.port)  # type: ignore[attr-defined]
+
+
 def test_a_failing_handler_refuses_that_connection_only(library_gateway: Gateway) -> None:
     port = library_gateway.port  # type: ignore[attr-defined]
     assert RawClient(port, 5).connect("explode", "dev1", "pw1").reason_code == 0x88

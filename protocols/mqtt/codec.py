@@ -45,7 +45,7 @@ from .packets import (
 )
 from .properties import decode_properties, read_binary, read_string, read_u16
 
-__all__ = ["PROTOCOLS", "decode", "decode_connect", "encode", "publish_fields"]
+__all__ = ["PROTOCOLS", "changed_bytes", "decode", "decode_connect", "encode", "publish_fields"]
 
 # (protocol name, protocol level) pairs a CONNECT may carry.
 PROTOCOLS = frozenset((("MQTT", 4), ("MQTT", 5), ("MQIsdp", 3)))
@@ -70,6 +70,20 @@ def decode(first_byte: int, body: bytes | memoryview, version: int) -> Packet:
             f"{_P(ptype).name} fixed header flags are 0x{flags:X}, must be 0x{_FLAGS[ptype]:X}"
         )
     return _DECODERS[ptype](data, flags, version == 5)
+
+
+def changed_bytes(raw: bytes, packet: Packet, version: int) -> bytes | None:
+    """The bytes of ``packet`` when it differs from the packet ``raw`` encodes, else None (send ``raw`` as
+    it came). An interceptor may return the packet it was given, changed in place or not, or a new one: only
+    the encodings tell. ``raw`` is compared as it is and in its canonical encoding, so a sender's
+    non-canonical but equal bytes (a long-form ack, say) are passed on untouched."""
+    encoded = encode(packet, version)
+    if encoded == raw:
+        return None
+    header = 2
+    while raw[header - 1] & 0x80:
+        header += 1
+    return None if encoded == encode(decode(raw[0], raw[header:], version), version) else encoded
 
 
 def decode_connect(body: bytes | memoryview) -> Connect:

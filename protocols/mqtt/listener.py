@@ -92,9 +92,6 @@ class MqttListener(pykka.ThreadingActor):
         gevent.joinall(jobs, timeout=drain + 1 if drain else None)
         return len(conns)
 
-    def connection_count(self) -> int:
-        return len(self.connections)
-
     def on_stop(self) -> None:
         self.stop_accepting()
         self.close_all(Refusal(RefusalCode.SERVER_SHUTTING_DOWN, "gateway shutting down"))

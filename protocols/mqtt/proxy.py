@@ -276,7 +276,7 @@ class MqttConnection:
                     "intercept",
                 )
                 return None
-            raw = self._reencode(connect, new, raw)
+            raw = codec.changed_bytes(raw, new, self.version) or raw
         try:
             self.upstream = dial()
         except OSError as exc:
@@ -300,15 +300,6 @@ class MqttConnection:
             if packet is None:
                 return None
         return packet
-
-    def _reencode(self, before: Any, after: Any, raw: bytes) -> bytes:
-        """The bytes to send for an intercepted packet: the original ones when nothing changed."""
-        new = codec.encode(after, self.version)
-        if after is before and new == codec.encode(
-            codec.decode(raw[0], raw[_header_len(raw) :], self.version), self.version
-        ):
-            return raw
-        return new
 
     # ------------------------------------------------------------------------------------------ pumps
     def uplink(self, rest: bytes) -> None:
@@ -401,10 +392,3 @@ def _connect_level(buf: bytes, body: int, end: int) -> int:
     name_len = (buf[body] << 8) | buf[body + 1]
     pos = body + 2 + name_len
     return buf[pos] if pos < end else 0
-
-
-def _header_len(raw: bytes) -> int:
-    i = 1
-    while raw[i] & 0x80:
-        i += 1
-    return i + 1

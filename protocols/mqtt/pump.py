@@ -310,15 +310,13 @@ def _intercept_other(
     splice: _Splice | None,
     direction: Direction,
 ) -> _Splice | None:
-    packet = _decode(conn, buf, start, body, end)
-    raw = buf[start:end]
-    new = conn._intercept(packet, direction)
+    new = conn._intercept(_decode(conn, buf, start, body, end), direction)
     if new is None:
         splice = splice or _Splice()
         splice.put(buf, start, end)
         return splice
-    encoded = codec.encode(new, conn.version)
-    if encoded != raw and encoded != codec.encode(_decode(conn, buf, start, body, end), conn.version):
+    encoded = codec.changed_bytes(buf[start:end], new, conn.version)
+    if encoded is not None:
         splice = splice or _Splice()
         splice.put(buf, start, end, encoded)
     return splice
