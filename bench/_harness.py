@@ -258,6 +258,22 @@ def remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
+def read_remaining_length(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int] | None:
+    """(remaining length, body offset) of the packet whose first byte is at ``buf[pos]``, or None while its
+    length bytes are incomplete. A fifth length byte raises ValueError (MQTT allows four)."""
+    length, mult, i = 0, 1, pos + 1
+    while i < end and i < pos + 5:
+        b = buf[i]
+        length += (b & 0x7F) * mult
+        mult <<= 7
+        i += 1
+        if b < 0x80:
+            return length, i
+    if i >= pos + 5:
+        raise ValueError("malformed remaining length")
+    return None
+
+
 def _string(s: str | bytes) -> bytes:
     raw = s.encode() if isinstance(s, str) else s
     return len(raw).to_bytes(2, "big") + raw
@@ -295,20 +311,14 @@ DISCONNECT_PACKET = b"\xe0\x00"
 def _read_packet(sock: socket.socket, pending: bytearray) -> tuple[int, bytes]:
     """One whole packet (first byte, body) from ``sock``; bytes after it stay in ``pending``."""
     while True:
-        if len(pending) >= 2:
-            length, mult, i = 0, 1, 1
-            while i < len(pending) and i <= 4:
-                b = pending[i]
-                length += (b & 0x7F) * mult
-                mult <<= 7
-                i += 1
-                if b < 0x80:
-                    end = i + length
-                    if len(pending) >= end:
-                        first, body = pending[0], bytes(pending[i:end])
-                        del pending[:end]
-                        return first, body
-                    break
+        header = read_remaining_length(pending, 0, len(pending)) if len(pending) >= 2 else None
+        if header is not None:
+            length, body = header
+            end = body + length
+            if len(pending) >= end:
+                first, data = pending[0], bytes(pending[body:end])
+                del pending[:end]
+                return first, data
         data = sock.recv(65536)
         if not data:
             raise ConnectionError("connection closed by the server")
@@ -398,24 +408,11 @@ class PacketCounter:
                 pos += size
                 continue
             # Multi-byte remaining length.
-            length, mult, i = 0, 1, pos + 1
-            complete = False
-            while i < n and i < pos + 5:
-                b = buf[i]
-                length += (b & 0x7F) * mult
-                mult <<= 7
-                i += 1
-                if b < 0x80:
-                    complete = True
-                    break
-            if not complete:
-                if i >= pos + 5:
-                    raise ValueError("malformed remaining length")
-                break
-            if i + length > n:
+            header = read_remaining_length(buf, pos, n)
+            if header is None or header[1] + header[0] > n:
                 break
             self._step(first)
-            pos = i + length
+            pos = header[1] + header[0]
         self._pending = buf[pos:] if pos < n else b""
 
     def _step(self, first: int) -> None:

@@ -53,6 +53,7 @@ from _harness import (
     machine_line,
     percentile,
     pyspy_path,
+    read_remaining_length,
     remaining_length,
     set_realtime,
     set_timer_slack,
@@ -121,24 +122,12 @@ class _Reader:
         out: list[tuple[int, int, int, bytes]] = []
         pos, n = 0, len(buf)
         while pos + 1 < n:
-            length, mult, i = 0, 1, pos + 1
-            complete = False
-            while i < n and i < pos + 5:
-                b = buf[i]
-                length += (b & 0x7F) * mult
-                mult <<= 7
-                i += 1
-                if b < 0x80:
-                    complete = True
-                    break
-            if not complete:
-                if i >= pos + 5:
-                    raise ValueError("malformed remaining length")
+            header = read_remaining_length(buf, pos, n)
+            if header is None or header[1] + header[0] > n:
                 break
-            if i + length > n:
-                break
-            out.append((buf[pos], i, i + length, buf))
-            pos = i + length
+            length, body = header
+            out.append((buf[pos], body, body + length, buf))
+            pos = body + length
         self.pending = buf[pos:]
         return out
 
