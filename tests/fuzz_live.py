@@ -9,7 +9,6 @@ import socket
 import struct
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +58,7 @@ from tests.fuzz_codec import (
     subscribe_raw,
     varint,
 )
+from tests.servers import uid
 
 # ===================================================================================== live harness
 
@@ -187,10 +187,6 @@ def metric(metrics_port: int, prefix: str) -> float:
         text = r.read().decode()
     lines = [ln for ln in text.splitlines() if ln.startswith(prefix)]
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 # ======================================================================================= live cases

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import uuid
 from typing import Any
 
 from ferryman.protocols.mqtt import codec
@@ -154,3 +155,11 @@ class RawClient:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def spy(port: int, topic_filter: str) -> RawClient:
+    """A client connected straight to the broker on ``port``, subscribed at QoS 1: what got through."""
+    c = RawClient(port, version=5)
+    assert c.connect(f"spy-{uuid.uuid4().hex[:8]}").reason_code == 0
+    assert c.subscribe(topic_filter, qos=1).reason_codes == [1]
+    return c

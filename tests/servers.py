@@ -9,10 +9,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def uid() -> str:
+    """A short unique suffix for client ids and topics: the session's broker is shared by every test."""
+    return uuid.uuid4().hex[:8]
 
 
 def free_port() -> int:
@@ -57,6 +63,19 @@ class Mosquitto:
             ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=self.log.open("ab")
         )
         wait_port(self.port, proc=self.proc)
+
+    def wait_dropped(self, client_id: str, times: int = 1, timeout: float = 10) -> None:
+        """Until the broker has logged the end of ``times`` connections of ``client_id``: a proxied client's
+        DISCONNECT reaches the broker a little later than a direct one's, and a message published before the
+        broker saw it would go to the old connection rather than into the stored session."""
+        ends = (f"Client {client_id} disconnected", f"Client {client_id} closed its connection")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = self.log.read_text(errors="replace").splitlines()
+            if sum(1 for line in lines if any(e in line for e in ends)) >= times:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"the broker never logged {times} end(s) of {client_id}'s connections")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

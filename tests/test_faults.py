@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import socket
 import urllib.request
-import uuid
 from pathlib import Path
 
 import gevent
@@ -13,7 +12,7 @@ import pytest
 
 from ferryman.protocols.mqtt.packets import Disconnect, Publish
 from tests.rawclient import RawClient
-from tests.servers import GatewayProcess, Mosquitto
+from tests.servers import GatewayProcess, Mosquitto, uid
 
 CONFIG = """
 shutdown_timeout = 3.0
@@ -27,10 +26,6 @@ target = "tcp://127.0.0.1:{broker}"
 [auth]
 handler = "allow-all"
 """
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def metric(gw: GatewayProcess, name: str) -> float:

@@ -4,14 +4,13 @@ disconnect), and memory held for a device that does not read."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import gevent
 import pytest
 
 from ferryman.protocols.mqtt.packets import Disconnect, Publish
 from tests.rawclient import RawClient
-from tests.servers import GatewayProcess, Mosquitto
+from tests.servers import GatewayProcess, Mosquitto, uid
 
 BASE = """
 [metrics]
@@ -25,10 +24,6 @@ target = "tcp://127.0.0.1:{broker}"
 [auth]
 handler = "allow-all"
 """
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def rss_kib(gw: GatewayProcess) -> int:

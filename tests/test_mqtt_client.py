@@ -5,7 +5,6 @@ actor restart, unsubscribe, and the bounded queue while disconnected."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,9 @@ from ferryman.actors.contracts import Message
 from ferryman.protocols.mqtt.client import MqttClientActor, parse_url
 from ferryman.protocols.mqtt.packets import Publish
 from tests.rawclient import RawClient
-from tests.servers import Mosquitto, free_port
+from tests.servers import Mosquitto, free_port, uid
 
 TIMEOUT = 10.0
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def eventually(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
@@ -81,16 +76,6 @@ def publisher(port: int) -> RawClient:
     c = RawClient(port, version=5)
     assert c.connect(f"pub-{uid()}").reason_code == 0
     return c
-
-
-def wait_broker_dropped(broker: Mosquitto, client_id: str) -> None:
-    """Until the broker has logged the end of ``client_id``'s connection (so publishes go to the stored
-    session, not to the closing connection)."""
-    ends = (f"Client {client_id} disconnected", f"Client {client_id} closed its connection")
-    eventually(
-        lambda: any(e in broker.log.read_text(errors="replace") for e in ends),
-        f"the broker to log the end of {client_id}",
-    )
 
 
 def test_parse_url() -> None:
@@ -179,7 +164,7 @@ def test_persistent_session_gets_messages_queued_while_away(
         connected(client)
         assert client.subscribe("persist/#").get(timeout=TIMEOUT) is True
         client.actor_ref.stop(timeout=TIMEOUT)
-        wait_broker_dropped(m, client_id)
+        m.wait_dropped(client_id)
 
         pub = publisher(m.port)
         try:

@@ -11,8 +11,6 @@ import queue
 import shlex
 import subprocess
 import threading
-import time
-import uuid
 from typing import Any
 
 import gevent
@@ -24,37 +22,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ferryman.protocols.mqtt.packets import Disconnect, Pingreq, Pingresp, Publish, Will
-from tests.rawclient import RawClient
-from tests.servers import GatewayProcess, Mosquitto
+from tests.rawclient import RawClient, spy
+from tests.servers import GatewayProcess, Mosquitto, uid
 
 TIMEOUT = 10.0
 VERSIONS = [pytest.param("mqttv311", id="v311"), pytest.param("mqttv5", id="v5")]
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-def wait_broker_dropped(broker: Mosquitto, client_id: str, times: int = 1) -> None:
-    """Wait until the broker has logged the end of ``times`` connections of ``client_id``: a proxied
-    client's DISCONNECT reaches the broker a little later than a direct one's, and a message published
-    before the broker saw it would go to the old connection rather than into the stored session."""
-    ends = (f"Client {client_id} disconnected", f"Client {client_id} closed its connection")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        lines = broker.log.read_text(errors="replace").splitlines()
-        if sum(1 for line in lines if any(e in line for e in ends)) >= times:
-            return
-        gevent.sleep(0.02)
-    raise AssertionError(f"the broker never logged {times} end(s) of {client_id}'s connections")
-
-
-def spy(broker: Mosquitto, topic_filter: str, qos: int = 2) -> RawClient:
-    """A client connected straight to the broker, to see what the proxy let through."""
-    c = RawClient(broker.port, version=5)
-    assert c.connect(f"spy-{uid()}").reason_code == 0
-    assert c.subscribe(topic_filter, qos=qos).reason_codes == [qos]
-    return c
 
 
 # ---------------------------------------------------------------------------------------------- mosquitto
@@ -261,7 +233,7 @@ def test_mosquitto_sub_killed_its_will_reaches_broker(
     proxy: GatewayProcess, broker: Mosquitto, version: str
 ) -> None:
     u = uid()
-    watcher = spy(broker, f"dev1/{u}/#", qos=1)
+    watcher = spy(broker.port, f"dev1/{u}/#")
     sub = Sub(
         tool(
             f"mosquitto_sub -d -V {version} -t dev1/{u}/in -W 10"
@@ -284,7 +256,7 @@ def test_raw_client_abrupt_close_publishes_will_but_clean_disconnect_does_not(
     proxy: GatewayProcess, broker: Mosquitto, version: int
 ) -> None:
     u = uid()
-    watcher = spy(broker, f"dev1/{u}/#", qos=1)
+    watcher = spy(broker.port, f"dev1/{u}/#")
     # a clean DISCONNECT first: the broker discards that Will; the next message the watcher sees is the
     # rude client's, so the polite one was never published
     polite = RawClient(proxy.port, version)
@@ -466,7 +438,7 @@ def test_paho_v311_session_resumption(proxy: GatewayProcess, broker: Mosquitto) 
         assert [c.value for c in first.subscribe(f"dev1/{u}/#", 1)] == [1]
     finally:
         first.stop()
-    wait_broker_dropped(broker, cid)
+    broker.wait_dropped(cid)
     direct = RawClient(broker.port, 4)
     assert direct.connect(f"pub-{u}").reason_code == 0
     direct.publish(f"dev1/{u}/offline", b"queued while away", qos=1)
@@ -500,7 +472,7 @@ def test_paho_v5_session_resumption(proxy: GatewayProcess, broker: Mosquitto) ->
         assert [c.value for c in first.subscribe(f"dev1/{u}/#", 1)] == [1]
     finally:
         first.stop()
-    wait_broker_dropped(broker, cid)
+    broker.wait_dropped(cid)
     direct = RawClient(broker.port, 5)
     assert direct.connect(f"pub-{u}").reason_code == 0
     direct.publish(f"dev1/{u}/offline", b"queued while away", qos=1)
@@ -520,7 +492,7 @@ def test_paho_v5_session_resumption(proxy: GatewayProcess, broker: Mosquitto) ->
         short.subscribe(f"dev1/{u}/#", 1)
     finally:
         short.stop()
-    wait_broker_dropped(broker, f"short-{u}")
+    broker.wait_dropped(f"short-{u}")
     back = Paho(5, f"short-{u}")
     try:
         assert back.connect(proxy.port, clean_start=False) == "Success"

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from ferryman.protocols.mqtt.packets import Disconnect, Puback, Publish, Pubrec, Will
-from tests.rawclient import RawClient
-from tests.servers import GatewayProcess, Mosquitto
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-def spy(broker: Mosquitto, topic_filter: str) -> RawClient:
-    """A client connected straight to the broker, to see what the proxy let through."""
-    c = RawClient(broker.port, version=5)
-    assert c.connect(f"spy-{uid()}").reason_code == 0
-    assert c.subscribe(topic_filter, qos=1).reason_codes == [1]
-    return c
+from tests.rawclient import RawClient, spy
+from tests.servers import GatewayProcess, Mosquitto, uid
 
 
 def broker_saw_client(broker: Mosquitto, client_id: str) -> bool:
@@ -96,7 +82,7 @@ def test_refused_publish_v5_qos1_gets_puback_0x87_and_never_reaches_broker(
     proxy: GatewayProcess, broker: Mosquitto
 ) -> None:
     t = uid()
-    s = spy(broker, f"+/{t}/#")
+    s = spy(broker.port, f"+/{t}/#")
     c = RawClient(proxy.port, 5)
     assert c.connect(uid(), "dev1", "pw1").reason_code == 0
     assert c.publish(f"other/{t}/x", b"no", qos=1).reason_code == 0x87
@@ -115,7 +101,7 @@ def test_refused_publish_v311_is_acknowledged_and_dropped(proxy: GatewayProcess,
     """3.1.1 has no refusal code for PUBLISH: the default (refused_publish_v3 = "ack") acknowledges as the
     QoS requires (PUBACK; PUBREC/PUBREL/PUBCOMP answered by the proxy) and drops the message."""
     t = uid()
-    s = spy(broker, f"+/{t}/#")
+    s = spy(broker.port, f"+/{t}/#")
     c = RawClient(proxy.port, 4)
     assert c.connect(uid(), "dev1", "pw1").reason_code == 0
     assert isinstance(c.publish(f"other/{t}/1", b"no", qos=1), Puback)
@@ -130,7 +116,7 @@ def test_refused_publish_v311_is_acknowledged_and_dropped(proxy: GatewayProcess,
 
 def test_refused_publish_v311_disconnect_mode_closes(proxy: GatewayProcess, broker: Mosquitto) -> None:
     t = uid()
-    s = spy(broker, f"+/{t}/#")
+    s = spy(broker.port, f"+/{t}/#")
     c = RawClient(proxy.ports[1], 4)
     assert c.connect(uid(), "dev1", "pw1").reason_code == 0
     c.send(Publish(f"other/{t}/x", b"no", qos=1, packet_id=1))
@@ -146,7 +132,7 @@ def test_v5_refused_publish_with_topic_alias_is_resent_in_full(
     """A refused PUBLISH that set a topic alias never reached the broker, so the alias means nothing there:
     the next allowed use of that alias must reach the broker with its topic."""
     t = uid()
-    s = spy(broker, f"dev1/{t}/#")
+    s = spy(broker.port, f"dev1/{t}/#")
     c = RawClient(proxy.port, 5)
     assert c.connect(uid(), "dev1", "pw1").reason_code == 0
     alias = [(35, 1)]
@@ -163,7 +149,7 @@ def test_v5_refused_publish_with_topic_alias_is_resent_in_full(
 
 def test_percent_u_and_percent_c_patterns(proxy: GatewayProcess, broker: Mosquitto) -> None:
     t = uid()
-    s = spy(broker, f"dev2/+/{t}")
+    s = spy(broker.port, f"dev2/+/{t}")
     c = RawClient(proxy.port, 5)
     assert c.connect("sensor7", "dev2", "pw2").reason_code == 0
     assert c.publish(f"dev2/sensor7/{t}", b"mine", qos=1).reason_code in (0, 0x10)

@@ -5,18 +5,13 @@ from __future__ import annotations
 import socket
 import time
 import urllib.request
-import uuid
 
 import gevent
 import pytest
 
 from ferryman.protocols.mqtt.packets import Connack, Disconnect, Publish
 from tests.rawclient import RawClient
-from tests.servers import GatewayProcess, Mosquitto
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
+from tests.servers import GatewayProcess, Mosquitto, uid
 
 
 @pytest.mark.parametrize(

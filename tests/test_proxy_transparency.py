@@ -15,8 +15,6 @@ Two kinds of evidence:
 from __future__ import annotations
 
 import socket
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,30 +42,12 @@ from ferryman.protocols.mqtt.packets import (
     Will,
 )
 from tests.rawclient import Closed, RawClient
-from tests.servers import GatewayProcess, Mosquitto
+from tests.servers import GatewayProcess, Mosquitto, uid
 
 EXPIRY = int(PropertyId.MESSAGE_EXPIRY_INTERVAL)
 ASSIGNED_ID = int(PropertyId.ASSIGNED_CLIENT_IDENTIFIER)
 USER = int(PropertyId.USER_PROPERTY)
 ALL_BYTES = bytes(range(256))
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-def wait_broker_dropped(broker: Mosquitto, client_id: str, times: int = 1) -> None:
-    """Wait until the broker has logged the end of ``times`` connections of ``client_id``: a proxied
-    client's DISCONNECT reaches the broker a little later than a direct one's, and a message published
-    before the broker saw it would go to the old connection rather than into the stored session."""
-    ends = (f"Client {client_id} disconnected", f"Client {client_id} closed its connection")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        lines = broker.log.read_text(errors="replace").splitlines()
-        if sum(1 for line in lines if any(e in line for e in ends)) >= times:
-            return
-        gevent.sleep(0.02)
-    raise AssertionError(f"the broker never logged {times} end(s) of {client_id}'s connections")
 
 
 def user_props() -> list[tuple[int, object]]:
@@ -512,7 +492,7 @@ def test_unfinished_qos_flows_resume_identically_after_reconnect(
         assert (one.qos, one.dup, two.qos) == (1, False, 2)
         c.send(Pubrec(two.packet_id))  # and never PUBACK the first one
         c.close()  # no DISCONNECT
-        wait_broker_dropped(broker, cid)
+        broker.wait_dropped(cid)
         c = connect(ports[via_proxy], version, cid, via_proxy, clean=False, properties=session)
         assert c.connack is not None and c.connack.session_present is True
         seen.append(c.raw(c.connack))
@@ -577,7 +557,7 @@ def test_session_resumption_identical(proxy: GatewayProcess, broker: Mosquitto, 
         )
         c.subscribe_to(f"dev1/{u}/#", qos=2)
         c.disconnect()
-        wait_broker_dropped(broker, f"r{int(via_proxy)}-{u}")
+        broker.wait_dropped(f"r{int(via_proxy)}-{u}")
     sender = connect(broker.port, version, f"s-{u}", False)
     props = message_props(u) if version == 5 else []
     sender.flow(Publish(f"dev1/{u}/one", ALL_BYTES, qos=1, packet_id=1, properties=props))
