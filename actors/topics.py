@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ferryman.config.topics import filter_error
+
 __all__ = [
     "TopicMatcher",
     "filter_error",
@@ -25,21 +27,6 @@ def topic_name_error(topic: str) -> str | None:
         return "topic contains U+0000"
     if len(topic.encode("utf-8", "surrogatepass")) > 65535:
         return "topic longer than 65535 bytes"
-    return None
-
-
-def filter_error(topic_filter: str) -> str | None:
-    """Why ``topic_filter`` is not a valid subscription filter, or None."""
-    if not topic_filter:
-        return "empty topic filter"
-    if "\x00" in topic_filter:
-        return "topic filter contains U+0000"
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return "'#' must be a whole level and the last one"
-        if "+" in level and level != "+":
-            return "'+' must be a whole level"
     return None
 
 

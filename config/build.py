@@ -24,6 +24,7 @@ from .schema import (
     TlsSettings,
     UserSettings,
 )
+from .topics import filter_error
 
 __all__ = ["build_settings"]
 
@@ -237,25 +238,10 @@ def _user(r: TableReader) -> UserSettings:
     subscribe = r.strings("subscribe")
     for key, filters in (("publish", publish), ("subscribe", subscribe)):
         for index, topic_filter in enumerate(filters):
-            problem = _filter_error(topic_filter)
+            problem = filter_error(topic_filter)
             if problem:
                 r.ctx.report((*r.path, key, index), f"{topic_filter!r}: {problem}")
     return UserSettings(username, password, password_hash, publish, subscribe)
-
-
-def _filter_error(topic_filter: str) -> str | None:
-    """Why a topic filter is invalid (MQTT 4.7), or None. ``%u`` / ``%c`` are plain characters here."""
-    if not topic_filter:
-        return "empty topic filter"
-    if "\x00" in topic_filter:
-        return "contains U+0000"
-    levels = topic_filter.split("/")
-    for index, level in enumerate(levels):
-        if "#" in level and (level != "#" or index != len(levels) - 1):
-            return "'#' must be a whole level and the last one"
-        if "+" in level and level != "+":
-            return "'+' must be a whole level"
-    return None
 
 
 def _handler(r: TableReader) -> HandlerSettings:
