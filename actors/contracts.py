@@ -84,6 +84,7 @@ class Session:
     password: bytes | None = field(default=None, repr=False)
     peer_cert: bytes | None = field(default=None, repr=False)
     identity: str | None = None
+    peer_sans: tuple[str, ...] = ()  # the client certificate's subject alternative names
     control: SessionControl | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:

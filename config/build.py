@@ -21,6 +21,7 @@ from .schema import (
     MetricsSettings,
     Settings,
     SmartgridSettings,
+    TargetTlsSettings,
     TlsSettings,
     UserSettings,
 )
@@ -37,6 +38,7 @@ REFUSED_PUBLISH_V3 = ("ack", "disconnect")
 XMPP_MODES = ("component", "client")
 BRIDGE_MQTT_SCHEMES = ("tcp", "tls", "ws", "wss")
 PATH_PREFIX_PROTOCOLS = ("mqtt-ws", "http")
+SECURE_TARGET_SCHEMES = ("tls", "wss", "https", "coaps")
 MIN_PACKET_SIZE, MAX_PACKET_SIZE = 16, 268435460  # MQTT: fixed header + the largest Remaining Length
 
 # Listener names end up in logs and metric labels: keep them plain.
@@ -94,6 +96,23 @@ def _listener(r: TableReader) -> ListenerSettings:
     if path_prefix and protocol in PROTOCOLS and protocol not in PATH_PREFIX_PROTOCOLS:
         r.report("path_prefix", f"only {' and '.join(PATH_PREFIX_PROTOCOLS)} listeners take a path prefix")
     tls = r.table("tls")
+    target_tls = r.table("target_tls")
+    if target_tls is not None and target:
+        try:
+            scheme = parse_target(target).scheme
+        except ValueError:
+            scheme = ""
+        if scheme and scheme not in SECURE_TARGET_SCHEMES:
+            r.report("target_tls", f"is for {' | '.join(SECURE_TARGET_SCHEMES)} targets, not {scheme}")
+    allowed_origins = r.strings("allowed_origins")
+    if allowed_origins and protocol in PROTOCOLS and protocol != "mqtt-ws":
+        r.report("allowed_origins", "only mqtt-ws listeners check the Origin header")
+    bypass = r.strings("bypass")
+    for index, path in enumerate(bypass):
+        if not path.startswith("/"):
+            r.ctx.report((*r.path, "bypass", index), f"{path!r} must start with '/'")
+    if bypass and protocol in PROTOCOLS and protocol != "http":
+        r.report("bypass", "only http listeners have a bypass list")
     return ListenerSettings(
         name=name,
         protocol=protocol,
@@ -101,6 +120,10 @@ def _listener(r: TableReader) -> ListenerSettings:
         target=target,
         path_prefix=path_prefix,
         tls=_tls(tls) if tls is not None else None,
+        target_tls=_target_tls(target_tls) if target_tls is not None else None,
+        allowed_origins=allowed_origins,
+        bypass=bypass,
+        publish_qos=r.integer("publish_qos", 1, 0, 2),
         max_packet_size=r.integer("max_packet_size", 1048576, MIN_PACKET_SIZE, MAX_PACKET_SIZE),
         connect_timeout=r.positive_number("connect_timeout", 10.0),
         refused_publish_v3=r.string("refused_publish_v3", "ack", REFUSED_PUBLISH_V3),
@@ -170,6 +193,16 @@ def _tls(r: TableReader) -> TlsSettings:
     crl_file = _file(r, "crl_file")
     if crl_file and "crl" not in verify:
         r.report("crl_file", "is set but verify does not include 'crl'")
+    crl_url = r.string("crl_url", "")
+    if crl_url:
+        try:
+            parse_target(crl_url, ("http", "https"))
+        except ValueError as exc:
+            r.report("crl_url", str(exc))
+        if "crl" not in verify:
+            r.report("crl_url", "is set but verify does not include 'crl'")
+        if crl_file:
+            r.report("crl_url", "crl_file and crl_url exclude each other")
     return TlsSettings(
         cert_file=cert_file,
         key_file=key_file,
@@ -177,6 +210,24 @@ def _tls(r: TableReader) -> TlsSettings:
         verify=verify,
         ocsp_responder_url=ocsp_responder_url,
         crl_file=crl_file,
+        crl_url=crl_url,
+        verify_depth=r.integer("verify_depth", 1, 1, 16),
+        revocation_timeout=r.positive_number("revocation_timeout", 3.0),
+        revocation_fail_open=r.boolean("revocation_fail_open", False),
+        ocsp_nonce=r.boolean("ocsp_nonce", True),
+    )
+
+
+def _target_tls(r: TableReader) -> TargetTlsSettings:
+    cert_file = _file(r, "cert_file")
+    key_file = _file(r, "key_file")
+    if bool(cert_file) != bool(key_file):
+        r.report("cert_file" if key_file else "key_file", "cert_file and key_file go together")
+    return TargetTlsSettings(
+        ca_file=_file(r, "ca_file"),
+        cert_file=cert_file,
+        key_file=key_file,
+        server_name=r.string("server_name", ""),
     )
 
 

@@ -47,7 +47,16 @@ _TLS = Table(
         "verify": Kind.STRS,
         "ocsp_responder_url": Kind.STR,
         "crl_file": Kind.STR,
+        "crl_url": Kind.STR,
+        "verify_depth": Kind.INT,
+        "revocation_timeout": Kind.FLOAT,
+        "revocation_fail_open": Kind.BOOL,
+        "ocsp_nonce": Kind.BOOL,
     }
+)
+
+_TARGET_TLS = Table(
+    {"ca_file": Kind.STR, "cert_file": Kind.STR, "key_file": Kind.STR, "server_name": Kind.STR}
 )
 
 _LISTENER = Table(
@@ -58,6 +67,10 @@ _LISTENER = Table(
         "target": Kind.STR,
         "path_prefix": Kind.STR,
         "tls": _TLS,
+        "target_tls": _TARGET_TLS,
+        "allowed_origins": Kind.STRS,
+        "bypass": Kind.STRS,
+        "publish_qos": Kind.INT,
         "max_packet_size": Kind.INT,
         "connect_timeout": Kind.FLOAT,
         "refused_publish_v3": Kind.STR,

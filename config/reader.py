@@ -153,6 +153,15 @@ class TableReader:
             self.report(key, f"must be a finite number {bound}, got {value}")
         return float(value)
 
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._value(key, Kind.BOOL)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            self._wrong_type(key, Kind.BOOL, value)
+            return default
+        return value
+
     def strings(self, key: str) -> tuple[str, ...]:
         value = self._value(key, Kind.STRS)
         if value is _MISSING:

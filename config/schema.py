@@ -23,6 +23,7 @@ __all__ = [
     "MetricsSettings",
     "Settings",
     "SmartgridSettings",
+    "TargetTlsSettings",
     "TlsSettings",
     "UserSettings",
 ]
@@ -74,11 +75,26 @@ class TlsSettings:
     verify: tuple[str, ...] = ()  # ocsp | crl
     ocsp_responder_url: str = ""  # overrides the certificate's AIA
     crl_file: str = ""  # offline CRL
+    crl_url: str = ""  # overrides the certificate's CRL distribution point
+    verify_depth: int = 1  # certificates checked for revocation, from the client's upward (1 = the client's)
+    revocation_timeout: float = 3.0  # seconds for one OCSP request or CRL download
+    revocation_fail_open: bool = False  # accept when OCSP / the CRL can't be had (default: refuse)
+    ocsp_nonce: bool = True  # send a nonce and require it back
 
     @property
     def mutual(self) -> bool:
         """True when clients must present a certificate (mTLS)."""
         return self.client_ca_file != ""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTlsSettings:
+    """TLS towards a ``tls://``, ``wss://`` or ``https://`` target. Paths are absolute."""
+
+    ca_file: str = ""  # CA bundle for the target's certificate; "" = the system's
+    cert_file: str = ""  # client certificate (upstream mTLS); needs key_file
+    key_file: str = ""
+    server_name: str = ""  # SNI and the name checked in the target's certificate; "" = the target's host
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +105,10 @@ class ListenerSettings:
     target: str  # scheme://host:port[/path], or "mqtt" (publish mode) for http and coap
     path_prefix: str = ""  # mqtt-ws and http
     tls: TlsSettings | None = None
+    target_tls: TargetTlsSettings | None = None  # for tls:// wss:// https:// targets
+    allowed_origins: tuple[str, ...] = ()  # mqtt-ws: Origin values accepted; empty = any (and none)
+    bypass: tuple[str, ...] = ()  # http reverse proxy: path prefixes forwarded without credentials
+    publish_qos: int = 1  # http/coap publish mode: QoS when the request names none
     max_packet_size: int = 1048576
     connect_timeout: float = 10.0
     refused_publish_v3: str = "ack"  # ack | disconnect: what an MQTT 3.1.1 client gets for a refused PUBLISH

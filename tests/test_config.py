@@ -449,6 +449,71 @@ crl_file = "ca.crl"
     ]
 
 
+def test_revocation_options(tmp_path: Path) -> None:
+    make_files(tmp_path, "s.crt", "s.key", "ca.crt", "ca.crl")
+    base = '[listener.tls]\ncert_file = "s.crt"\nkey_file = "s.key"\nclient_ca_file = "ca.crt"\n'
+    good = (
+        LISTENER
+        + base
+        + (
+            'verify = ["crl", "ocsp"]\ncrl_url = "http://127.0.0.1:8889/crl.pem"\nverify_depth = 2\n'
+            "revocation_timeout = 0.5\nrevocation_fail_open = true\nocsp_nonce = false\n"
+        )
+    )
+    tls = load_settings(write(tmp_path, good), env={}).listeners[0].tls
+    assert tls is not None
+    assert (tls.crl_url, tls.verify_depth, tls.revocation_timeout) == (
+        "http://127.0.0.1:8889/crl.pem",
+        2,
+        0.5,
+    )
+    assert tls.revocation_fail_open and not tls.ocsp_nonce
+    defaults = (
+        load_settings(write(tmp_path, LISTENER + base + 'verify = ["ocsp"]\n'), env={}).listeners[0].tls
+    )
+    assert defaults is not None
+    assert (defaults.verify_depth, defaults.revocation_fail_open, defaults.ocsp_nonce) == (1, False, True)
+    bad = (
+        LISTENER
+        + base
+        + ('verify = ["ocsp"]\ncrl_url = "ftp://x"\nverify_depth = 0\nrevocation_fail_open = "yes"\n')
+    )
+    assert issues(write(tmp_path, bad)) == [
+        ("listener[0].tls.crl_url", "scheme 'ftp' is not one of http, https"),
+        ("listener[0].tls.crl_url", "is set but verify does not include 'crl'"),
+        ("listener[0].tls.verify_depth", "0 is out of range 1..16"),
+        ("listener[0].tls.revocation_fail_open", "expected a boolean, got a string ('yes')"),
+    ]
+    both = LISTENER + base + 'verify = ["crl"]\ncrl_file = "ca.crl"\ncrl_url = "http://h/c"\n'
+    assert issues(write(tmp_path, both)) == [
+        ("listener[0].tls.crl_url", "crl_file and crl_url exclude each other")
+    ]
+
+
+def test_target_tls_and_protocol_specific_keys(tmp_path: Path) -> None:
+    make_files(tmp_path, "ca.crt", "c.crt", "c.key")
+    good = LISTENER.replace("tcp://", "tls://") + (
+        '[listener.target_tls]\nca_file = "ca.crt"\ncert_file = "c.crt"\nkey_file = "c.key"\n'
+        'server_name = "broker"\n'
+    )
+    target_tls = load_settings(write(tmp_path, good), env={}).listeners[0].target_tls
+    assert target_tls is not None
+    assert target_tls.ca_file == str(tmp_path / "ca.crt") and target_tls.server_name == "broker"
+    bad = (
+        LISTENER
+        + 'allowed_origins = ["https://a"]\nbypass = ["health"]\npublish_qos = 3\n'
+        + '[listener.target_tls]\ncert_file = "c.crt"\n'
+    )
+    assert issues(write(tmp_path, bad)) == [
+        ("listener[0].target_tls", "is for tls | wss | https | coaps targets, not tcp"),
+        ("listener[0].allowed_origins", "only mqtt-ws listeners check the Origin header"),
+        ("listener[0].bypass[0]", "'health' must start with '/'"),
+        ("listener[0].bypass", "only http listeners have a bypass list"),
+        ("listener[0].target_tls.key_file", "cert_file and key_file go together"),
+        ("listener[0].publish_qos", "3 is out of range 0..2"),
+    ]
+
+
 # --- auth, handlers, bridge ------------------------------------------------------------------------------
 
 
