@@ -16,7 +16,7 @@ from ferryman.actors.contracts import Refusal, RefusalCode
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 from ferryman.actors.session import ActorSessionControl, Call
-from ferryman.protocols.tls.server import TlsRefused, handshake, peer_identity, server_context
+from ferryman.protocols.tls.server import NO_PEER, TlsRefused, TlsTerminator
 
 from .proxy import MqttConnection
 from .refusals import connack_code
@@ -66,7 +66,7 @@ class MqttListener(pykka.ThreadingActor):
         self.per_ip: dict[str, int] = {}
         self._open = metrics.connections_open.labels(settings.name)
         self._total = metrics.connections_total.labels(settings.name)
-        self.tls = server_context(settings.tls) if settings.tls is not None else None
+        self.tls = TlsTerminator(settings.tls) if settings.tls is not None else None
         self.server = StreamServer((settings.host, settings.port), self._handle)
         self.server.init_socket()
         self.address: tuple[str, int] = self.server.address[:2]
@@ -121,15 +121,14 @@ class MqttListener(pykka.ThreadingActor):
 
     def _handle(self, sock: socket.socket, addr: tuple[str, int]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer: tuple[bytes | None, str | None] = (None, None)
+        peer = NO_PEER
         if self.tls is not None:
             try:
-                sock = handshake(self.tls, sock, self.ctx.settings.connect_timeout)
+                sock, peer = self.tls.accept(sock, self.ctx.settings.connect_timeout)
             except TlsRefused as exc:
                 self.ctx.metrics.refusals.labels(self.ctx.name, "tls").inc()
                 logger.info("TLS handshake with {}:{} failed: {}", addr[0], addr[1], exc)
                 return
-            peer = peer_identity(sock)
         if self.ctx.settings.socket_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.ctx.settings.socket_buffer)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.ctx.settings.socket_buffer)
@@ -139,7 +138,7 @@ class MqttListener(pykka.ThreadingActor):
             self._refuse_over_limit(sock, addr, why)
             return
         conn = MqttConnection(self.ctx, sock, addr)
-        conn.peer_cert, conn.identity = peer
+        conn.peer = peer
         client = MqttClientSession.start(conn)
         conn.control = ActorSessionControl(client)
         refs: list[pykka.ActorRef[Any]] = [client]

@@ -27,6 +27,7 @@ from ferryman.actors.contracts import (
     next_session_id,
 )
 from ferryman.actors.metrics import PacketCounters
+from ferryman.protocols.tls.server import NO_PEER
 
 from . import codec, pump
 from .constants import ConnackV3
@@ -88,8 +89,7 @@ class MqttConnection:
         # CONNACK (MQTT-3.2.0-1). None once it has.
         self._early: list[bytes] | None = []
         self.control: SessionControl | None = None
-        self.peer_cert: bytes | None = None  # the verified client certificate (DER), on TLS listeners
-        self.identity: str | None = None  # and its identity (subject CN, else the first SAN)
+        self.peer = NO_PEER  # the verified client certificate, on mTLS listeners
         self.on_close: list[Callable[[str], None]] = []
         self._up_counters = PacketCounters(ctx.metrics, ctx.name, "up")
         self._down_counters = PacketCounters(ctx.metrics, ctx.name, "down")
@@ -249,8 +249,9 @@ class MqttConnection:
             username=connect.username,
             password=connect.password,
             control=self.control,
-            peer_cert=self.peer_cert,
-            identity=self.identity,
+            peer_cert=self.peer.der,
+            identity=self.peer.identity,
+            peer_sans=self.peer.sans,
         )
         decision = self.ctx.chain.connect(self.session)
         if isinstance(decision, Refusal):

@@ -1,19 +1,44 @@
-"""Server-side TLS for listeners: the SSL context from ``[listener.tls]`` and the handshake, done in the
-connection's own greenlet so a failed one is one refused connection (logged, counted), not a traceback."""
+"""Server-side TLS for listeners: the SSL context from ``[listener.tls]``, the handshake (done in the
+connection's own greenlet so a failed one is one refused connection, logged and counted, not a traceback)
+and the client certificate's revocation checks.
+
+Every listener (mqtt, mqtt-ws, http) terminates TLS through one :class:`TlsTerminator`."""
 
 from __future__ import annotations
 
 import socket
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
 
-__all__ = ["TlsRefused", "handshake", "peer_identity", "server_context"]
+__all__ = [
+    "NO_PEER",
+    "PeerCertificate",
+    "TlsRefused",
+    "TlsTerminator",
+    "handshake",
+    "peer_certificate",
+    "server_context",
+]
 
 
 class TlsRefused(Exception):
-    """The TLS handshake failed: no certificate, an untrusted or expired one, a protocol error, a timeout."""
+    """The TLS handshake failed: no certificate, an untrusted, expired or revoked one, a protocol error, a
+    timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """The verified client certificate: DER bytes, identity (subject CN, else the first SAN) and SANs."""
+
+    der: bytes | None = None
+    identity: str | None = None
+    sans: tuple[str, ...] = ()
+
+
+NO_PEER = PeerCertificate()
 
 
 def server_context(tls: Any) -> ssl.SSLContext:
@@ -50,16 +75,28 @@ def handshake(ctx: ssl.SSLContext, sock: socket.socket, timeout: float) -> ssl.S
     return tls
 
 
-def peer_identity(tls: ssl.SSLSocket) -> tuple[bytes | None, str | None]:
-    """(the client certificate in DER, its identity: subject CN, else the first SAN); None without one."""
+def peer_certificate(tls: ssl.SSLSocket) -> PeerCertificate:
+    """The client certificate of a finished handshake; NO_PEER without one."""
     der = tls.getpeercert(binary_form=True)
     if not der:
-        return None, None
+        return NO_PEER
     info: dict[str, Any] = tls.getpeercert() or {}
+    sans = tuple(str(value) for _kind, value in info.get("subjectAltName", ()))
     for rdn in info.get("subject", ()):
         for key, value in rdn:
             if key == "commonName":
-                return der, str(value)
-    for _kind, value in info.get("subjectAltName", ()):
-        return der, str(value)
-    return der, None
+                return PeerCertificate(der, str(value), sans)
+    return PeerCertificate(der, sans[0] if sans else None, sans)
+
+
+class TlsTerminator:
+    """TLS termination of one listener: handshake, then the revocation checks ``verify`` asks for."""
+
+    def __init__(self, tls: Any) -> None:
+        self.settings = tls
+        self.context = server_context(tls)
+
+    def accept(self, sock: socket.socket, timeout: float) -> tuple[ssl.SSLSocket, PeerCertificate]:
+        """The TLS socket and its client certificate, or TlsRefused (the socket is closed then)."""
+        tls = handshake(self.context, sock, timeout)
+        return tls, peer_certificate(tls)
