@@ -1,9 +1,11 @@
 """The ``static`` handler: users from the settings, each with publish and subscribe filters.
 
-``%u`` in a filter stands for the username and ``%c`` for the client id. A username or client id holding
-``+``, ``#`` or ``/`` never fills a pattern (the filter is left out), so no one widens their own grant by
-choosing a clever name. On SIGHUP the new user list is applied to live sessions: a removed user or changed
-password disconnects (MQTT 5: DISCONNECT 0x87), changed filters push a new grant.
+A user logs in with a password (or its hash), or, on an mTLS listener, with a verified client certificate
+whose identity (subject CN, else the first SAN) is the user's ``identity``. ``%u`` in a filter stands for
+the username and ``%c`` for the client id. A username or client id holding ``+``, ``#`` or ``/`` never
+fills a pattern (the filter is left out), so no one widens their own grant by choosing a clever name. On
+SIGHUP the new user list is applied to live sessions: a removed user or changed password disconnects
+(MQTT 5: DISCONNECT 0x87), changed filters push a new grant.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class StaticHandler(HandlerActor):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.users: dict[str, Any] = {}
+        self.by_identity: dict[str, Any] = {}
         self.live: dict[int, tuple[Session, Grant]] = {}
         self._load(self.settings)
 
@@ -65,19 +68,34 @@ class StaticHandler(HandlerActor):
             logger.warning("auth handler 'static' has no users: every connection will be refused")
 
     def _load(self, settings: Any) -> None:
-        self.users = {u.username: u for u in settings.auth.users} if settings is not None else {}
+        users = settings.auth.users if settings is not None else ()
+        self.users = {u.username: u for u in users}
+        self.by_identity = {u.identity: u for u in users if u.identity}
 
     def _check(self, session: Session) -> Grant | Refusal:
+        if session.password is None and session.identity is not None:
+            # mTLS: the verified certificate's identity logs in; a username, if sent, must be that user's.
+            user = self.by_identity.get(session.identity)
+            if user is None:
+                return Refusal(RefusalCode.NOT_AUTHORIZED, f"no user for certificate {session.identity!r}")
+            if session.username not in (None, "", user.username):
+                return Refusal(RefusalCode.NOT_AUTHORIZED, "username does not match the certificate's user")
+            return self._grant(user.username, session.client_id, user)
         user = self.users.get(session.username or "")
         if user is None or session.password is None:
             return Refusal(RefusalCode.NOT_AUTHORIZED, "unknown user or no password")
         if user.password_hash:
             ok = verify_password(session.password, user.password_hash)
-        else:
+        elif user.password:
             ok = hmac.compare_digest(session.password, user.password.encode())
+        else:
+            ok = False  # a certificate-only user
         if not ok:
             return Refusal(RefusalCode.NOT_AUTHORIZED, "wrong password")
-        username, client_id = session.username or "", session.client_id
+        return self._grant(session.username or "", session.client_id, user)
+
+    @staticmethod
+    def _grant(username: str, client_id: str, user: Any) -> Grant:
         return Grant(
             expand_filters(user.publish, username, client_id),
             expand_filters(user.subscribe, username, client_id),

@@ -267,11 +267,18 @@ def _auth(r: TableReader) -> AuthSettings:
     readers = r.tables("users")
     users = tuple(_user(reader) for reader in readers)
     seen: dict[str, str] = {}
+    identities: dict[str, str] = {}
     for reader, user in zip(readers, users, strict=True):
         if user.username in seen:
             reader.report("username", f"duplicate username {user.username!r} (also {seen[user.username]})")
         elif user.username:
             seen[user.username] = format_key_path(reader.path)
+        if user.identity in identities:
+            reader.report(
+                "identity", f"duplicate identity {user.identity!r} (also {identities[user.identity]})"
+            )
+        elif user.identity:
+            identities[user.identity] = format_key_path(reader.path)
     return AuthSettings(handler=handler, users=users, options=r.free("options"))
 
 
@@ -281,10 +288,11 @@ def _user(r: TableReader) -> UserSettings:
         r.report("username", "must not be empty")
     password = r.string("password", "")
     password_hash = r.string("password_hash", "")
+    identity = r.string("identity", "")
     if password and password_hash:
         r.report("password_hash", "set password or password_hash, not both")
-    elif not password and not password_hash:
-        r.report("password", "missing: set password or password_hash")
+    elif not password and not password_hash and not identity:
+        r.report("password", "missing: set password, password_hash or identity")
     publish = r.strings("publish")
     subscribe = r.strings("subscribe")
     for key, filters in (("publish", publish), ("subscribe", subscribe)):
@@ -292,7 +300,7 @@ def _user(r: TableReader) -> UserSettings:
             problem = filter_error(topic_filter)
             if problem:
                 r.ctx.report((*r.path, key, index), f"{topic_filter!r}: {problem}")
-    return UserSettings(username, password, password_hash, publish, subscribe)
+    return UserSettings(username, password, password_hash, publish, subscribe, identity)
 
 
 def _handler(r: TableReader) -> HandlerSettings:

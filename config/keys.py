@@ -92,6 +92,7 @@ _USER = Table(
         "password_hash": Kind.STR,
         "publish": Kind.STRS,
         "subscribe": Kind.STRS,
+        "identity": Kind.STR,
     }
 )
 

@@ -143,6 +143,7 @@ class UserSettings:
     password_hash: str = ""
     publish: tuple[str, ...] = ()
     subscribe: tuple[str, ...] = ()
+    identity: str = ""  # mTLS: a verified client certificate with this identity (CN, else first SAN) logs in
 
     __repr__ = _masked_repr
 

@@ -101,7 +101,7 @@ def test_example_file_loads_from_any_directory(tmp_path: Path, monkeypatch: pyte
     assert settings.listeners == (DEFAULT_LISTENER,)
     assert settings.auth.handler == "static"
     dev1, sensor = settings.auth.users
-    assert dev1 == UserSettings("dev1", "pw1", "", ("dev1/#",), ("dev1/#", "public/#"))
+    assert dev1 == UserSettings("dev1", "pw1", "", ("dev1/#",), ("dev1/#", "public/#"), identity="client")
     assert "%u" in sensor.publish[0]
     assert settings.bridge.mqtt is not None and settings.bridge.mqtt.client_id == "ferryman-bridge"
     assert settings.bridge.xmpp is not None and settings.bridge.xmpp.allowed_jids == ("alice@localhost",)
@@ -200,12 +200,12 @@ target = "tcp://127.0.0.1:1883"
     assert error.errors == [
         SettingIssue("log.level", "'loud' is not one of debug, info, warning, error"),
         SettingIssue("listener[1].address", "'127.0.0.1' is not host:port (the port is missing)"),
-        SettingIssue("auth.users[1].password", "missing: set password or password_hash"),
+        SettingIssue("auth.users[1].password", "missing: set password, password_hash or identity"),
     ]
     assert str(error).splitlines() == [
         f"{path}: log.level: 'loud' is not one of debug, info, warning, error",
         f"{path}: listener[1].address: '127.0.0.1' is not host:port (the port is missing)",
-        f"{path}: auth.users[1].password: missing: set password or password_hash",
+        f"{path}: auth.users[1].password: missing: set password, password_hash or identity",
     ]
 
 

@@ -117,7 +117,8 @@ def test_repr_and_str_mask_secrets(tmp_path: Path) -> None:
         for secret in SECRET_VALUES:
             assert secret not in text
     assert repr(UserSettings("dev1", password="pw1", publish=("a",))) == (
-        "UserSettings(username='dev1', password='****', password_hash='', publish=('a',), subscribe=())"
+        "UserSettings(username='dev1', password='****', password_hash='', publish=('a',), subscribe=(), "
+        "identity='')"
     )
     assert "'****'" in repr(BridgeMqttSettings(password="p"))
     assert "s3cret" not in repr(BridgeXmppSettings(secret="s3cret"))
