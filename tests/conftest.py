@@ -74,6 +74,24 @@ subscribe = ["#"]
 """
 
 
+@pytest.fixture(scope="session")
+def dev_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The development PKI of `ferryman certs` (protocols/tls/pki.write_dev_pki), once per session."""
+    from ferryman.protocols.tls.pki import write_dev_pki
+
+    directory = tmp_path_factory.mktemp("dev-pki")
+    write_dev_pki(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def ws_broker(tmp_path_factory: pytest.TempPathFactory, dev_pki: Path) -> Iterator[Mosquitto]:
+    """A second mosquitto with more listeners: plain MQTT (``port``), websockets (``ws_port``) and MQTT over
+    TLS requiring a client certificate of the dev PKI (``tls_port``)."""
+    with Mosquitto(tmp_path_factory.mktemp("mosquitto-ws"), websockets=True, tls_pki=dev_pki) as m:
+        yield m
+
+
 @pytest.fixture(scope="module")
 def proxy(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """A gateway with the standard settings (static users dev1, dev2, admin) in front of the session

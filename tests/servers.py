@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -47,10 +51,58 @@ def mosquitto_config(port: int, extra: str = "") -> str:
     return f"listener {port} 127.0.0.1\n" + "\n".join(lines) + "\n" + extra
 
 
+def websockets_listener(port: int) -> str:
+    """A mosquitto websockets listener on 127.0.0.1 (``socket_domain ipv4``: without it libwebsockets binds
+    every interface)."""
+    return f"listener {port} 127.0.0.1\nprotocol websockets\nsocket_domain ipv4\n"
+
+
+def tls_listener(port: int, pki: Path, require_certificate: bool = True) -> str:
+    """A mosquitto MQTT-over-TLS listener with the dev PKI's server certificate; with
+    ``require_certificate`` clients must present one issued by the dev CA (mTLS)."""
+    return (
+        f"listener {port} 127.0.0.1\n"
+        f"cafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\nkeyfile {pki / 'server.key'}\n"
+        f"require_certificate {'true' if require_certificate else 'false'}\n"
+    )
+
+
+def broker_readable_pki(pki: Path) -> Path:
+    """A copy of the CA and server files mosquitto can read: started as root it drops to the `mosquitto`
+    user before loading them, and pytest's temporary directories (and the 0600 key) are root's alone."""
+    copy = Path(tempfile.mkdtemp(prefix="ferryman-broker-pki-"))
+    copy.chmod(0o755)
+    owner = None
+    if os.geteuid() == 0:
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam("mosquitto")
+            owner = (entry.pw_uid, entry.pw_gid)
+    for name in ("ca.crt", "server.crt", "server.key"):
+        shutil.copyfile(pki / name, copy / name)
+        (copy / name).chmod(0o600 if name.endswith(".key") else 0o644)
+        if owner is not None:
+            os.chown(copy / name, *owner)
+    return copy
+
+
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None, extra: str = "") -> None:
+    """mosquitto on a free port (``port``); ``websockets=True`` adds a websockets listener (``ws_port``),
+    ``tls_pki`` a TLS listener requiring a client certificate of that dev PKI (``tls_port``)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra: str = "",
+        websockets: bool = False,
+        tls_pki: Path | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.ws_port = free_port() if websockets else 0
+        self.tls_port = free_port() if tls_pki is not None else 0
+        self.tls_pki = tls_pki
+        self._pki_copy: Path | None = None
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf = workdir / "mosquitto.conf"
@@ -58,11 +110,19 @@ class Mosquitto:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(mosquitto_config(self.port, self.extra))
+        extra = self.extra
+        if self.ws_port:
+            extra += "\n" + websockets_listener(self.ws_port)
+        if self.tls_pki is not None:
+            self._pki_copy = broker_readable_pki(self.tls_pki)
+            extra += "\n" + tls_listener(self.tls_port, self._pki_copy)
+        self.conf.write_text(mosquitto_config(self.port, extra))
         self.proc = subprocess.Popen(
             ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=self.log.open("ab")
         )
-        wait_port(self.port, proc=self.proc)
+        for port in (self.port, self.ws_port, self.tls_port):
+            if port:
+                wait_port(port, proc=self.proc)
 
     def wait_dropped(self, client_id: str, times: int = 1, timeout: float = 10) -> None:
         """Until the broker has logged the end of ``times`` connections of ``client_id``: a proxied client's
@@ -86,6 +146,9 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self._pki_copy is not None:
+            shutil.rmtree(self._pki_copy, ignore_errors=True)
+            self._pki_copy = None
 
     def __enter__(self) -> Mosquitto:
         self.start()

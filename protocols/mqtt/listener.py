@@ -1,11 +1,18 @@
-"""The ``mqtt`` listener actor: accepts device connections and pairs each with a client session actor and
-an upstream session actor."""
+"""MQTT listener actors: accept device connections and pair each with a client session actor and an
+upstream session actor.
+
+``MqttServing`` is the per-connection flow every MQTT transport shares (limits, session actors, metrics,
+dialing the target, shutdown); a transport subclass only accepts connections and hands each one to
+``serve`` as a byte stream: ``MqttListener`` here (TCP, TLS, mTLS), ``MqttWsListener`` in
+``protocols/websocket`` (MQTT over WebSocket)."""
 
 from __future__ import annotations
 
 import socket
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import gevent
 import pykka
@@ -16,13 +23,26 @@ from ferryman.actors.contracts import Refusal, RefusalCode
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 from ferryman.actors.session import ActorSessionControl, Call
-from ferryman.protocols.tls.server import NO_PEER, TlsRefused, TlsTerminator
+from ferryman.protocols.tls import client as tls_client
+from ferryman.protocols.tls.server import NO_PEER, PeerCertificate, TlsRefused, TlsTerminator
 
-from .proxy import MqttConnection
+from .proxy import MqttConnection, Stream
 from .refusals import connack_code
 from .session import MqttClientSession, MqttUpstreamSession
 
-__all__ = ["ListenerContext", "MqttListener"]
+__all__ = ["Dialer", "ListenerContext", "MqttListener", "MqttServing", "socket_dialer"]
+
+#: Opens the upstream within a timeout (seconds); raises OSError when it cannot.
+Dialer = Callable[[float], Stream]
+
+
+def socket_dialer(host: str, port: int, tls: ssl.SSLContext | None, server_name: str = "") -> Dialer:
+    """A ``tcp://`` (``tls`` None) or ``tls://`` target: the MQTT bytes go on the socket as they are."""
+
+    def dial(timeout: float) -> Stream:
+        return tls_client.dial(host, port, timeout, tls, server_name)
+
+    return dial
 
 
 @dataclass
@@ -35,54 +55,74 @@ class ListenerContext:
     metrics: Metrics
     target_host: str
     target_port: int
+    dial: Dialer
+    protocol: str = "mqtt"  # Session.protocol
 
     @property
     def target_label(self) -> str:
         return f"{self.target_host}:{self.target_port}"
 
 
-class MqttListener(pykka.ThreadingActor):
-    """One ``[[listener]]`` with ``protocol = "mqtt"`` over plain TCP."""
+class MqttServing(pykka.ThreadingActor):
+    """The transport-independent half of an MQTT listener. Subclasses bind their server in ``__init__``
+    (after calling this one), start it in ``on_start`` and close it in ``stop_accepting``."""
+
+    #: Session.protocol of its connections, and the name in log lines.
+    PROTOCOL: ClassVar[str] = "mqtt"
+    #: Target schemes this listener can dial.
+    SCHEMES: ClassVar[tuple[str, ...]] = ("tcp", "tls")
 
     @classmethod
     def validate_settings(cls, settings: Any) -> list[str]:
         """What this listener cannot do with these settings (checked by the Gateway and `ferryman check`)."""
         problems = []
         tls = settings.tls
-        if tls is not None and "ocsp" in tls.verify:
-            problems.append("OCSP checks (tls.verify = ocsp) are not available in this version yet")
-        if tls is not None and "crl" in tls.verify and not tls.crl_file:
-            problems.append("CRL checks need tls.crl_file in this version (distribution points come later)")
+        if tls is not None and tls.verify and not tls.client_ca_file:
+            problems.append("revocation checks (tls.verify) need tls.client_ca_file (mTLS)")
         scheme = settings.parsed_target.scheme
-        if scheme != "tcp":
-            problems.append(f"target scheme {scheme!r} is not available yet (use tcp://)")
+        if scheme not in cls.SCHEMES:
+            wanted = ", ".join(f"{s}://" for s in cls.SCHEMES)
+            problems.append(f"target scheme {scheme!r} is not available for {cls.PROTOCOL} (use {wanted})")
         return problems
 
     def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
         super().__init__()
         target = settings.parsed_target
-        self.ctx = ListenerContext(settings.name, settings, chain, metrics, target.host, target.port)
+        self.ctx = ListenerContext(
+            settings.name,
+            settings,
+            chain,
+            metrics,
+            target.host,
+            target.port,
+            self.make_dialer(settings),
+            self.PROTOCOL,
+        )
         self.connections: set[MqttConnection] = set()
         self.per_ip: dict[str, int] = {}
         self._open = metrics.connections_open.labels(settings.name)
         self._total = metrics.connections_total.labels(settings.name)
         self.tls = TlsTerminator(settings.tls) if settings.tls is not None else None
-        self.server = StreamServer((settings.host, settings.port), self._handle)
-        self.server.init_socket()
-        self.address: tuple[str, int] = self.server.address[:2]
+        self.address: tuple[str, int] = ("", 0)
 
-    def on_start(self) -> None:
-        self.server.start()
-        logger.info(
-            "listener {!r}: mqtt on {}:{} -> {}", self.ctx.name, *self.address, self.ctx.settings.target
-        )
+    @classmethod
+    def target_context(cls, settings: Any) -> ssl.SSLContext | None:
+        """The client TLS context of a tls:// or wss:// target, made once per listener; None for plain."""
+        if settings.parsed_target.scheme in ("tls", "wss"):
+            return tls_client.client_context(settings.target_tls)
+        return None
+
+    @classmethod
+    def make_dialer(cls, settings: Any) -> Dialer:
+        target = settings.parsed_target
+        server_name = settings.target_tls.server_name if settings.target_tls is not None else ""
+        return socket_dialer(target.host, target.port, cls.target_context(settings), server_name)
 
     def bound_address(self) -> tuple[str, int]:
         return self.address
 
     def stop_accepting(self) -> None:
-        if not self.server.closed:
-            self.server.close()
+        raise NotImplementedError
 
     def close_all(self, refusal: Refusal, drain: float = 0.0) -> int:
         """Close every open connection (MQTT 5 clients get a DISCONNECT with the refusal's code). With
@@ -97,6 +137,27 @@ class MqttListener(pykka.ThreadingActor):
         self.close_all(Refusal(RefusalCode.SERVER_SHUTTING_DOWN, "gateway shutting down"))
 
     # -- per connection (runs in the server's handler greenlet) ---------------------------------------
+    def tune_socket(self, sock: socket.socket) -> None:
+        """TCP_NODELAY and the ``socket_buffer`` sizes of a freshly accepted device socket."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ctx.settings.socket_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.ctx.settings.socket_buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.ctx.settings.socket_buffer)
+
+    def accept_tls(
+        self, sock: socket.socket, addr: tuple[str, int]
+    ) -> tuple[socket.socket, PeerCertificate] | None:
+        """The TLS handshake of a listener with ``[listener.tls]`` (in the connection's greenlet); None when
+        it failed (logged and counted, the socket closed). Plain listeners get the socket back."""
+        if self.tls is None:
+            return sock, NO_PEER
+        try:
+            return self.tls.accept(sock, self.ctx.settings.connect_timeout)
+        except TlsRefused as exc:
+            self.ctx.metrics.refusals.labels(self.ctx.name, "tls").inc()
+            logger.info("TLS handshake with {}:{} failed: {}", addr[0], addr[1], exc)
+            return None
+
     def _over_limit(self, ip: str) -> str:
         s = self.ctx.settings
         if s.max_connections and len(self.connections) >= s.max_connections:
@@ -105,12 +166,12 @@ class MqttListener(pykka.ThreadingActor):
             return f"{ip} at max_connections_per_ip ({s.max_connections_per_ip})"
         return ""
 
-    def _refuse_over_limit(self, sock: socket.socket, addr: tuple[str, int], why: str) -> None:
+    def _refuse_over_limit(self, stream: Stream, addr: tuple[str, int], why: str) -> None:
         """Answer the CONNECT (if it comes quickly) with CONNACK 3 / 0x97 quota exceeded, then close. No
         session actors are made for it."""
         self.ctx.metrics.refusals.labels(self.ctx.name, "connection_limit").inc()
         logger.warning("refusing {}:{}: {}", addr[0], addr[1], why)
-        conn = MqttConnection(self.ctx, sock, addr)
+        conn = MqttConnection(self.ctx, stream, addr)
         try:
             if conn.read_connect(timeout=min(2.0, self.ctx.settings.connect_timeout)) is not None:
                 conn.refuse_connect(connack_code(RefusalCode.QUOTA_EXCEEDED, conn.version), why, "")
@@ -119,25 +180,15 @@ class MqttListener(pykka.ThreadingActor):
         finally:
             conn.close(why)
 
-    def _handle(self, sock: socket.socket, addr: tuple[str, int]) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = NO_PEER
-        if self.tls is not None:
-            try:
-                sock, peer = self.tls.accept(sock, self.ctx.settings.connect_timeout)
-            except TlsRefused as exc:
-                self.ctx.metrics.refusals.labels(self.ctx.name, "tls").inc()
-                logger.info("TLS handshake with {}:{} failed: {}", addr[0], addr[1], exc)
-                return
-        if self.ctx.settings.socket_buffer:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.ctx.settings.socket_buffer)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.ctx.settings.socket_buffer)
+    def serve(self, stream: Stream, addr: tuple[str, int], peer: PeerCertificate = NO_PEER) -> None:
+        """Proxy one device connection until it ends: limits, CONNECT, authorization, the upstream, both
+        pumps. Runs in the connection's own greenlet; returns when the connection is closed."""
         ip = str(addr[0])
         why = self._over_limit(ip)
         if why:
-            self._refuse_over_limit(sock, addr, why)
+            self._refuse_over_limit(stream, addr, why)
             return
-        conn = MqttConnection(self.ctx, sock, addr)
+        conn = MqttConnection(self.ctx, stream, addr)
         conn.peer = peer
         client = MqttClientSession.start(conn)
         conn.control = ActorSessionControl(client)
@@ -168,17 +219,39 @@ class MqttListener(pykka.ThreadingActor):
         finally:
             conn.close(conn.close_reason or "ended")
 
-    def _dial(self, conn: MqttConnection, refs: list[pykka.ActorRef[Any]]) -> socket.socket:
+    def _dial(self, conn: MqttConnection, refs: list[pykka.ActorRef[Any]]) -> Stream:
         upstream = MqttUpstreamSession.start(conn)
         refs.append(upstream)
         timeout = self.ctx.settings.connect_timeout
         try:
-            sock = cast(
-                socket.socket,
-                upstream.ask(
-                    Call("dial", (self.ctx.target_host, self.ctx.target_port, timeout)), timeout=timeout + 1
-                ),
-            )
+            stream = cast(Stream, upstream.ask(Call("dial", (timeout,)), timeout=timeout + 1))
         except pykka.Timeout as exc:
             raise OSError(f"dial timed out after {timeout}s") from exc
-        return sock
+        return stream
+
+
+class MqttListener(MqttServing):
+    """One ``[[listener]]`` with ``protocol = "mqtt"``: plain TCP, or TLS / mTLS with ``[listener.tls]``;
+    the target is ``tcp://`` or ``tls://``."""
+
+    def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
+        super().__init__(settings, chain, metrics)
+        self.server = StreamServer((settings.host, settings.port), self._handle)
+        self.server.init_socket()
+        self.address = self.server.address[:2]
+
+    def on_start(self) -> None:
+        self.server.start()
+        logger.info(
+            "listener {!r}: mqtt on {}:{} -> {}", self.ctx.name, *self.address, self.ctx.settings.target
+        )
+
+    def stop_accepting(self) -> None:
+        if not self.server.closed:
+            self.server.close()
+
+    def _handle(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        self.tune_socket(sock)
+        accepted = self.accept_tls(sock, addr)
+        if accepted is not None:
+            self.serve(accepted[0], addr, accepted[1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 from gevent.lock import Semaphore
@@ -40,9 +40,12 @@ from .refusals import connack_code, disconnect_code, metric_reason
 if TYPE_CHECKING:
     from .listener import ListenerContext
 
-__all__ = ["MqttConnection"]
+__all__ = ["MqttConnection", "Stream"]
 
 CHUNK = 65536
+# A pump yields to the other greenlets after this many reads in a row: gevent switches only when a socket
+# would block, and a flooding device (or a broker faster than the device) never does.
+FAIR_READS = 8
 CONNECT = 1
 REASON_STRING = 31  # MQTT 5 properties
 AUTHENTICATION_METHOD = 21
@@ -51,14 +54,26 @@ CLIENT_IDENTIFIER_NOT_VALID = 0x85
 MAX_EARLY_REPLIES = 1000  # answers held back until the broker's CONNACK (bounds a flooding client)
 
 
+class Stream(Protocol):
+    """What the pumps need of either side: a socket, or an adapter carrying the bytes in another framing
+    (MQTT over WebSocket). ``recv`` returns b"" at the end and raises OSError (TimeoutError after
+    ``settimeout``) like a socket; ``shutdown`` ends the other pump's blocking ``recv``."""
+
+    def recv(self, bufsize: int, /) -> bytes: ...
+    def sendall(self, data: bytes, /) -> None: ...
+    def settimeout(self, value: float | None, /) -> None: ...
+    def shutdown(self, how: int, /) -> None: ...
+    def close(self) -> None: ...
+
+
 class MqttConnection:
     """State shared by the two pumps of one connection. Used only from this connection's greenlets."""
 
-    def __init__(self, ctx: ListenerContext, sock: socket.socket, addr: tuple[str, int]) -> None:
+    def __init__(self, ctx: ListenerContext, sock: Stream, addr: tuple[str, int]) -> None:
         self.ctx = ctx
         self.client = sock
         self.addr = (str(addr[0]), int(addr[1]))
-        self.upstream: socket.socket | None = None
+        self.upstream: Stream | None = None
         self.session: Session | None = None
         self.grant: Grant = Grant.nothing()
         self.version = 4
@@ -212,7 +227,7 @@ class MqttConnection:
             self.send_client(codec.encode(Connack(False, code), self.version))
         self.close(reason)
 
-    def establish(self, dial: Callable[[], socket.socket]) -> bytes | None:
+    def establish(self, dial: Callable[[], Stream]) -> bytes | None:
         """CONNECT -> authorize -> dial upstream -> forward CONNECT. Returns the bytes that followed the
         CONNECT (to be proxied), or None when the connection ended here."""
         try:
@@ -231,7 +246,7 @@ class MqttConnection:
                 self.ctx.metrics.refusals.labels(self.ctx.name, "malformed").inc()
                 self.close(f"bad CONNECT: {exc}")
             return None
-        except OSError as exc:  # reset or closed before the CONNECT was whole: nothing to answer
+        except (OSError, ValueError) as exc:  # reset or closed before the CONNECT was whole: nothing to answer
             self.close(f"client socket before CONNECT: {exc}")
             return None
         if first is None:
@@ -242,7 +257,7 @@ class MqttConnection:
         self.session = Session(
             id=next_session_id(),
             listener=self.ctx.name,
-            protocol="mqtt",
+            protocol=self.ctx.protocol,
             remote_addr=self.addr,
             protocol_version=connect.protocol_level,
             client_id=connect.client_id,
@@ -289,7 +304,16 @@ class MqttConnection:
             )
             return None
         self._up_counters.counts[CONNECT] += 1
-        self.send_upstream(raw)
+        try:
+            self.send_upstream(raw)
+        except OSError as exc:  # e.g. a TLS 1.3 target refusing our client certificate after the handshake
+            logger.warning("upstream {} refused the connection: {}", self.ctx.target_label, exc)
+            self.refuse_connect(
+                connack_code(RefusalCode.SERVER_UNAVAILABLE, self.version),
+                f"upstream: {exc}",
+                "upstream_unavailable",
+            )
+            return None
         self.set_keepalive(connect.keepalive)
         return rest
 
@@ -309,8 +333,12 @@ class MqttConnection:
         counters = self._up_counters
         limiter = RateLimiter.for_settings(self.ctx.settings)
         data = rest
+        reads = 0
         try:
             while True:
+                reads += 1
+                if not reads % FAIR_READS:
+                    gevent.sleep(0)  # a socket that always has data never blocks, so never lets others run
                 if data:
                     buf, frames = framer.feed(data)
                     if frames:
@@ -336,7 +364,7 @@ class MqttConnection:
             self.kick("keepalive timeout", KEEP_ALIVE_TIMEOUT)
         except MqttError as exc:
             self._fail(exc, "up")
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: an SSL socket closed by another greenlet
             self.close(f"client socket: {exc}")
 
     def _limit(self, limiter: RateLimiter, buf: bytes, frames: list[Frame], nbytes: int) -> None:
@@ -356,11 +384,15 @@ class MqttConnection:
         assert self.upstream is not None
         framer = Framer()  # the broker enforces its own limits; the client's maximum is its own business
         counters = self._down_counters
+        reads = 0
         try:
             while True:
+                reads += 1
+                if not reads % FAIR_READS:
+                    gevent.sleep(0)
                 try:
                     data = self.upstream.recv(CHUNK)
-                except OSError as exc:
+                except (OSError, ValueError) as exc:
                     self._upstream_lost(f"broker socket: {exc}")
                     return
                 if not data:
@@ -382,7 +414,7 @@ class MqttConnection:
                 counters.flush(len(data))
         except MqttError as exc:
             self._fail(exc, "down")
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             self.close(f"socket: {exc}")
 
 

@@ -1,13 +1,11 @@
 """The two actors of one proxied MQTT connection.
 
 ``MqttClientSession`` is the device side: it receives control-plane messages (a new grant, a disconnect
-order) and applies them to the connection. ``MqttUpstreamSession`` dials the broker and runs the downlink
+order) and applies them to the connection. ``MqttUpstreamSession`` dials the target and runs the downlink
 pump in its own greenlet. The uplink pump runs in the listener's handler greenlet for the connection.
 """
 
 from __future__ import annotations
-
-import socket
 
 import gevent
 from loguru import logger
@@ -15,7 +13,7 @@ from loguru import logger
 from ferryman.actors.contracts import Grant, Refusal
 from ferryman.actors.session import ClientSessionActor, UpstreamSessionActor
 
-from .proxy import MqttConnection
+from .proxy import MqttConnection, Stream
 
 __all__ = ["MqttClientSession", "MqttUpstreamSession"]
 
@@ -63,11 +61,10 @@ class MqttUpstreamSession(UpstreamSessionActor):
         self.conn = conn
         self._pump: gevent.Greenlet | None = None
 
-    def dial(self, host: str, port: int, timeout: float) -> socket.socket:
-        sock = socket.create_connection((host, port), timeout=timeout)
-        sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
+    def dial(self, timeout: float) -> Stream:
+        """The listener's dialer: a TCP or TLS socket (with the listener's client context, made once), or a
+        WebSocket client stream, to its target."""
+        return self.conn.ctx.dial(timeout)
 
     def start_downlink(self) -> None:
         self._pump = gevent.spawn(self.conn.downlink)

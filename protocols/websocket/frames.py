@@ -1,0 +1,190 @@
+"""RFC 6455 frames on the data plane: a streaming decoder and the two encoders MQTT needs.
+
+The decoder is fed whatever ``recv`` returned and hands back the binary payload bytes it held, joined,
+unmasked, in order, without waiting for a frame (or an MQTT packet) to be whole: MQTT rides on the byte
+stream, not on frame boundaries (MQTT 5.0 §6), and a large frame costs no more memory than one read.
+
+Why not gevent-websocket's or wsproto's frame reader: both step through Python per frame and per byte of
+work (gevent-websocket unmasks in a Python loop, one byte at a time), and an MQTT client sends one frame
+per packet. Here a read of many small frames is unmasked in one big-integer XOR (C speed) after one short
+Python step per frame header; see bench/ws_throughput.py and docs/websocket.md for the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_NORMAL",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_UNSUPPORTED_DATA",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "FrameDecoder",
+    "FrameError",
+    "close_payload",
+    "encode_frame",
+    "unmask",
+]
+
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED_DATA = 1003
+_DATA_OPCODES = (OP_CONTINUATION, OP_BINARY)
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
+
+
+class FrameError(Exception):
+    """The peer broke RFC 6455 or sent what MQTT over WebSocket does not allow; ``code`` is the close code
+    to answer with."""
+
+    def __init__(self, message: str, code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def unmask(data: bytes, key: bytes) -> bytes:
+    """``data`` XOR the repeated 4-byte ``key``: one big-integer XOR, linear and in C."""
+    n = len(data)
+    if not n:
+        return b""
+    keys = (key * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(keys, "little")).to_bytes(n, "little")
+
+
+def encode_frame(opcode: int, payload: bytes, mask: bool = False) -> bytes:
+    """One final frame. Servers send unmasked frames; clients must mask theirs (``mask=True``)."""
+    n = len(payload)
+    first = 0x80 | opcode
+    bit = 0x80 if mask else 0
+    if n < 126:
+        header = bytes((first, bit | n))
+    elif n < 65536:
+        header = bytes((first, bit | 126)) + _U16.pack(n)
+    else:
+        header = bytes((first, bit | 127)) + _U64.pack(n)
+    if mask:
+        key = os.urandom(4)
+        return header + key + unmask(payload, key)
+    return header + payload
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    return _U16.pack(code) + reason.encode()[:120]
+
+
+class FrameDecoder:
+    """Decodes one direction of a WebSocket connection.
+
+    ``feed(data)`` returns the binary payload bytes the data completed or continued, and appends the
+    control frames it met to ``control`` as (opcode, payload) for the caller to answer. Text frames and
+    protocol violations raise :class:`FrameError`. ``masked``: frames from a client must be masked, frames
+    from a server must not (RFC 6455 §5.1).
+    """
+
+    __slots__ = ("_fragmented", "_key", "_left", "_pending", "control", "masked")
+
+    def __init__(self, masked: bool) -> None:
+        self.masked = masked
+        self.control: list[tuple[int, bytes]] = []
+        self._pending = b""  # an incomplete frame header (or control frame) carried to the next feed
+        self._left = 0  # payload bytes of the current data frame still to come
+        self._key = b""  # its masking key, rotated to where the payload continues
+        self._fragmented = False  # inside a binary message whose last frame has not come yet
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._pending + data if self._pending else data
+        n = len(buf)
+        pos = 0
+        payloads: list[bytes] = []
+        keys: list[bytes] = []  # the masking key stream aligned with payloads (masked side only)
+        masked = self.masked
+        if self._left:
+            take = min(self._left, n)
+            payloads.append(buf[:take])
+            if masked:
+                key = self._key
+                keys.append((key * ((take >> 2) + 1))[:take])
+                rot = take & 3
+                self._key = key[rot:] + key[:rot]
+            self._left -= take
+            pos = take
+        while pos < n:
+            if n - pos < 2:
+                break
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            length = b1 & 0x7F
+            head = 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                head = 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = _U64.unpack_from(buf, pos + 2)[0]
+                if length >> 63:
+                    raise FrameError("frame length with the most significant bit set")
+                head = 10
+            if bool(b1 & 0x80) != masked:
+                raise FrameError("client frame not masked" if masked else "server frame masked")
+            key = b""
+            if masked:
+                if n - pos < head + 4:
+                    break
+                key = buf[pos + head : pos + head + 4]
+                head += 4
+            if b0 & 0x70:
+                raise FrameError("reserved bits set (no extension was negotiated)")
+            opcode = b0 & 0x0F
+            fin = b0 & 0x80
+            start = pos + head
+            if opcode in _DATA_OPCODES:
+                if (opcode == OP_CONTINUATION) != self._fragmented:
+                    raise FrameError(
+                        "continuation frame out of place" if opcode == 0 else "frame inside a message"
+                    )
+                self._fragmented = not fin
+                take = min(length, n - start)
+                payloads.append(buf[start : start + take])
+                if masked:
+                    keys.append((key * ((take >> 2) + 1))[:take])
+                pos = start + take
+                if take < length:
+                    self._left = length - take
+                    rot = take & 3
+                    self._key = key[rot:] + key[:rot]
+                continue
+            if opcode == OP_TEXT:
+                raise FrameError("text frame: MQTT travels in binary frames only", CLOSE_UNSUPPORTED_DATA)
+            if opcode not in (OP_CLOSE, OP_PING, OP_PONG):
+                raise FrameError(f"unknown opcode 0x{opcode:x}")
+            if not fin or length > 125:
+                raise FrameError("fragmented or oversized control frame")
+            if n - start < length:
+                break  # control frames are answered whole
+            body = buf[start : start + length]
+            self.control.append((opcode, unmask(body, key) if masked else body))
+            pos = start + length
+        self._pending = buf[pos:] if pos < n else b""
+        if not payloads:
+            return b""
+        joined = payloads[0] if len(payloads) == 1 else b"".join(payloads)
+        if not masked:
+            return joined
+        return _xor(joined, b"".join(keys))
+
+
+def _xor(data: bytes, keys: bytes) -> bytes:
+    n = len(data)
+    return (int.from_bytes(data, "little") ^ int.from_bytes(keys, "little")).to_bytes(n, "little")
