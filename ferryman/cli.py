@@ -2,7 +2,7 @@ from gevent import monkey
 
 monkey.patch_all()  # first: before ssl, asyncio, pykka, loguru or paho are imported (see actors/bootstrap.py)
 
-"""The ``ferryman`` command: run, check, hash-password."""
+"""The ``ferryman`` command: run, check, hash-password, certs, responder."""
 
 import argparse
 import os
@@ -160,8 +160,21 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def cmd_certs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ferryman.protocols.tls import pki_extra
     from ferryman.protocols.tls.pki import write_dev_pki
 
+    if args.revoke or args.unrevoke:
+        try:
+            for name in args.revoke:
+                pki_extra.revoke(Path(args.directory), name)
+            for name in args.unrevoke:
+                pki_extra.revoke(Path(args.directory), name, revoked=False)
+        except (KeyError, OSError) as exc:
+            print(f"ferryman certs: {exc}", file=sys.stderr)
+            return 1
+        print(Path(args.directory) / "issued.json")
+        print(Path(args.directory) / "crl.pem")
+        return 0
     try:
         written = write_dev_pki(
             Path(args.directory), ocsp_url=args.ocsp_url, crl_url=args.crl_url, overwrite=args.force
@@ -169,8 +182,47 @@ def cmd_certs(args: argparse.Namespace) -> int:
     except FileExistsError as exc:
         print(f"ferryman certs: {exc} (use --force to replace it)", file=sys.stderr)
         return 1
+    if args.chain:
+        written += pki_extra.write_chain_pki(Path(args.directory))
     for path in written:
         print(path)
+    return 0
+
+
+def cmd_responder(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ferryman.config import parse_address
+    from ferryman.protocols.tls.responder import DevResponder
+
+    directory = Path(args.directory)
+    for name in ("ca.crt", "ca.key", "issued.json"):
+        if not (directory / name).exists():
+            print(
+                f"ferryman responder: {directory / name} missing (run `ferryman certs DIR`)", file=sys.stderr
+            )
+            return 1
+    try:
+        host, port = parse_address(args.address)
+    except ValueError as exc:
+        print(f"ferryman responder: --address: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("info", "text")
+    responder = DevResponder(directory)
+    try:
+        bound = responder.start((host, port))
+    except OSError as exc:
+        print(f"ferryman responder: cannot listen on {args.address}: {exc}", file=sys.stderr)
+        return 1
+    logger.info("OCSP responder and CRL server for {} on http://{}:{}", directory, *bound)
+    stop = Event()
+    handlers = [gevent.signal_handler(sig, stop.set) for sig in (signal.SIGTERM, signal.SIGINT)]
+    try:
+        stop.wait()
+    finally:
+        responder.stop()
+        for h in handlers:
+            h.cancel()
     return 0
 
 
@@ -195,7 +247,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     certs.add_argument("--ocsp-url", default="http://127.0.0.1:8889/ocsp", help="AIA OCSP URL in the leaves")
     certs.add_argument("--crl-url", default="http://127.0.0.1:8889/crl.pem", help="CRL distribution point")
     certs.add_argument("--force", action="store_true", help="replace files that exist")
+    certs.add_argument(
+        "--chain", action="store_true", help="also a root -> intermediate -> client chain (chain-*.crt)"
+    )
+    certs.add_argument(
+        "--revoke",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="in an existing PKI: mark FILE (e.g. client.crt) revoked, rewrite crl.pem",
+    )
+    certs.add_argument("--unrevoke", action="append", default=[], metavar="FILE", help="undo --revoke")
     certs.set_defaults(func=cmd_certs)
+    resp = sub.add_parser("responder", help="serve OCSP and the CRL for a development PKI in DIR")
+    resp.add_argument("directory", metavar="DIR")
+    resp.add_argument("--address", default="127.0.0.1:8889", help="host:port (default 127.0.0.1:8889)")
+    resp.set_defaults(func=cmd_responder)
     args = parser.parse_args(argv)
     rc: int = args.func(args)
     return rc

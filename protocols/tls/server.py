@@ -13,6 +13,8 @@ from typing import Any
 
 import gevent
 
+from .revocation import RevocationChecker, RevocationRefused
+
 __all__ = [
     "NO_PEER",
     "PeerCertificate",
@@ -50,11 +52,9 @@ def server_context(tls: Any) -> ssl.SSLContext:
     if tls.client_ca_file:
         ctx.load_verify_locations(tls.client_ca_file)
         ctx.verify_mode = ssl.CERT_REQUIRED
-    if "crl" in tls.verify and tls.crl_file:
-        # OpenSSL checks the CRL's signature against the CA and its validity window (an expired CRL fails
-        # every handshake: fail closed), then the client certificate's serial against it.
-        ctx.load_verify_locations(tls.crl_file)
-        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    # Revocation (OCSP and every CRL source, crl_file included) is checked after the handshake by
+    # RevocationChecker, not by OpenSSL: one path for all sources, a renewed crl_file is picked up without
+    # a restart, and verify_depth reaches above the leaf.
     return ctx
 
 
@@ -95,8 +95,22 @@ class TlsTerminator:
     def __init__(self, tls: Any) -> None:
         self.settings = tls
         self.context = server_context(tls)
+        self.revocation = RevocationChecker(tls) if tls.verify and tls.client_ca_file else None
 
     def accept(self, sock: socket.socket, timeout: float) -> tuple[ssl.SSLSocket, PeerCertificate]:
         """The TLS socket and its client certificate, or TlsRefused (the socket is closed then)."""
         tls = handshake(self.context, sock, timeout)
-        return tls, peer_certificate(tls)
+        peer = peer_certificate(tls)
+        if self.revocation is not None:
+            if peer.der is None:  # cannot happen with CERT_REQUIRED; refuse rather than assume
+                tls.close()
+                raise TlsRefused("no client certificate to check for revocation")
+            try:
+                self.revocation.check(peer.der)
+            except RevocationRefused as exc:
+                tls.close()
+                raise TlsRefused(str(exc)) from None
+            except BaseException:
+                tls.close()
+                raise
+        return tls, peer
