@@ -59,13 +59,25 @@ def build_settings(root: TableReader, source: str) -> Settings:
     listener_readers = root.tables("listener")
     listeners = [_listener(reader) for reader in listener_readers]
     _check_unique_listeners(listener_readers, listeners, metrics, metrics_settings.address)
+    auth = _auth(root.section("auth"))
+    handlers = tuple(_handler(reader) for reader in root.tables("handler"))
+    bridge = _bridge(root.section("bridge"))
+    if bridge.mqtt is None:
+        for reader, listener in zip(listener_readers, listeners, strict=True):
+            if listener.target == PUBLISH_TARGET and PUBLISH_TARGET in SCHEMES_BY_PROTOCOL.get(
+                listener.protocol, ()
+            ):
+                reader.report(
+                    "target",
+                    'publish mode (target = "mqtt") needs the bridge\'s MQTT session: add [bridge.mqtt]',
+                )
     return Settings(  # arguments in file order, so that problems are reported in that order
         log=log_settings,
         metrics=metrics_settings,
         listeners=tuple(listeners),
-        auth=_auth(root.section("auth")),
-        handlers=tuple(_handler(reader) for reader in root.tables("handler")),
-        bridge=_bridge(root.section("bridge")),
+        auth=auth,
+        handlers=handlers,
+        bridge=bridge,
         shutdown_timeout=shutdown_timeout,
         source=source,
     )

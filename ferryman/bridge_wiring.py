@@ -1,5 +1,6 @@
-"""Builds the XMPP <-> MQTT bridge from ``[bridge.*]``: the bridge's MQTT session, the asyncio host and the
-XMPP session on it, and the bridge handler actor, registered with the Router. A Gateway component (see
+"""Builds the bridge from ``[bridge.*]``: the bridge's MQTT session, the HTTP -> MQTT handler actor (for
+publish-mode http listeners), the asyncio host and the XMPP session on it, and the XMPP bridge handler actor,
+all registered with the Router. A Gateway component (see
 ``actors/gateway.py``): it returns what it started, in order, and the Gateway stops them in reverse."""
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from typing import Any
 from ferryman.actors.asyncio_host import AsyncioHost
 from ferryman.actors.gateway import Gateway
 from ferryman.bridge.authz import BridgeAuthz
+from ferryman.bridge.http_mqtt import HttpMqttBridge
 from ferryman.bridge.smartgrid import SmartgridRules
 from ferryman.bridge.smartgrid_handler import SmartgridHandler
 from ferryman.bridge.store import Store
 from ferryman.bridge.xmpp_mqtt import MQTT_MESSAGE, XMPP_CHAT, XmppMqttBridge
+from ferryman.protocols.http.publish import ATTACH as HTTP_PUBLISH_ATTACH
 from ferryman.protocols.mqtt.client import MqttClientActor
 from ferryman.protocols.xmpp.session import XmppSession
 
@@ -38,6 +41,9 @@ def build_bridge(gateway: Gateway) -> list[Any]:
         password=bridge.mqtt.password or None,
     )
     parts.append(mqtt)
+    http = HttpMqttBridge.start(mqtt=mqtt, settings=gateway.settings, router=gateway.router)
+    parts.append(http)
+    gateway.router.proxy().register(HTTP_PUBLISH_ATTACH, http).get(timeout=5)
     if bridge.xmpp is None:
         return parts
     xmpp = XmppSession.start(bridge.xmpp, host, gateway.router, ca_file=bridge.xmpp.ca_file or None)

@@ -226,6 +226,12 @@ def cmd_responder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_http_echo(args: argparse.Namespace) -> int:
+    from ferryman.protocols.http.echo import main as echo_main
+
+    return echo_main(args.rest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferryman", description="IoT protocol gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -263,7 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     resp.add_argument("directory", metavar="DIR")
     resp.add_argument("--address", default="127.0.0.1:8889", help="host:port (default 127.0.0.1:8889)")
     resp.set_defaults(func=cmd_responder)
-    args = parser.parse_args(argv)
+    echo = sub.add_parser(
+        "http-echo", help="an HTTP echo target for trying the http listener", add_help=False
+    )
+    echo.set_defaults(func=cmd_http_echo)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "http-echo":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     rc: int = args.func(args)
     return rc
 

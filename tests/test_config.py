@@ -164,6 +164,13 @@ protocol = "http"
 address = "0.0.0.0:8081"
 target = "mqtt"
 """
+    assert issues(write(tmp_path, text)) == [
+        (
+            "listener[1].target",
+            'publish mode (target = "mqtt") needs the bridge\'s MQTT session: add [bridge.mqtt]',
+        )
+    ]
+    text += "[bridge.mqtt]\n"
     ws, http = load_settings(write(tmp_path, text), env={}).listeners
     assert (ws.host, ws.port, ws.path_prefix, ws.max_packet_size) == ("::1", 8080, "/mqtt", 16)
     assert ws.connect_timeout == 3.0 and isinstance(ws.connect_timeout, float)

@@ -1,0 +1,121 @@
+"""The ``http`` listener actor: a pywsgi server that is an authenticating reverse proxy in front of an
+``http://`` / ``https://`` target, or (``target = "mqtt"``) turns POSTs into MQTT publishes of the bridge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from ferryman.actors.contracts import Message, Refusal
+from ferryman.actors.gateway import GatewayError
+from ferryman.actors.handler import HandlerChain
+from ferryman.actors.metrics import Metrics
+from ferryman.actors.router import Router
+from ferryman.protocols.tls.server import TlsTerminator
+
+from .app import HttpApp
+from .publish import ATTACH, Publisher
+from .server import HttpServer
+from .upstream import Upstream
+
+__all__ = ["HttpListener"]
+
+
+class HttpListener(pykka.ThreadingActor):
+    """One ``[[listener]]`` with ``protocol = "http"`` (plain, TLS or mTLS)."""
+
+    @classmethod
+    def validate_settings(cls, settings: Any) -> list[str]:
+        """What this listener cannot do with these settings (checked by the Gateway and `ferryman check`).
+        Publish mode also needs ``[bridge.mqtt]``: the Gateway refuses to start without it."""
+        problems = []
+        tls = settings.tls
+        if tls is not None and tls.verify and not tls.client_ca_file:
+            problems.append("revocation checks (tls.verify) need tls.client_ca_file (mTLS)")
+        target = settings.parsed_target
+        if target.scheme not in ("http", "https", "mqtt"):
+            problems.append(
+                f"target scheme {target.scheme!r}: an http listener forwards to http:// or https://"
+            )
+        if target.is_publish and settings.bypass:
+            problems.append(
+                'bypass is for the reverse proxy: publish mode (target = "mqtt") needs credentials'
+            )
+        return problems
+
+    def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
+        super().__init__()
+        self.settings = settings
+        target = settings.parsed_target
+        self.router: pykka.ActorRef[Any] | None = None
+        upstream = None
+        if target.is_publish:
+            self.router = _router_of(chain)
+            kinds = self.router.proxy().kinds().get(timeout=5) if self.router is not None else {}
+            if not kinds.get(ATTACH):
+                raise GatewayError(
+                    f'listener {settings.name!r}: publish mode (target = "mqtt") needs the bridge\'s MQTT '
+                    "session: add a [bridge.mqtt] table"
+                )
+        else:
+            upstream = Upstream(target, settings.target_tls, settings.connect_timeout)
+        self.upstream = upstream
+        tls = TlsTerminator(settings.tls) if settings.tls is not None else None
+        self.app = HttpApp(settings, chain, metrics, upstream, "https" if tls else "http")
+        self.server = HttpServer(
+            (settings.host, settings.port), self.app, chain, metrics, tls, settings.connect_timeout
+        )
+        self.server.init_socket()
+        self.address: tuple[str, int] = self.server.address[:2]
+
+    def on_start(self) -> None:
+        self.server.start()
+        if self.router is not None:
+            # The bridge answers with attach_publisher (see publish.py): one Router hop, not one per request.
+            self.router.proxy().route.defer(
+                Message(kind=ATTACH, topic=self.settings.name, source=self.actor_urn)
+            )
+        logger.info(
+            "listener {!r}: http on {}:{} -> {}", self.settings.name, *self.address, self.settings.target
+        )
+
+    def attach_publisher(self, publisher: Publisher) -> None:
+        self.app.attach(publisher)
+        logger.info("listener {!r}: publishing through the bridge's MQTT session", self.settings.name)
+
+    def bound_address(self) -> tuple[str, int]:
+        return self.address
+
+    def stop_accepting(self) -> None:
+        if not self.server.closed:
+            self.server.close()
+
+    def close_all(self, refusal: Refusal, drain: float = 0.0) -> int:
+        """Idle connections are closed at once; requests under way may finish within ``drain`` seconds."""
+        return self.server.close_connections(drain)
+
+    def on_stop(self) -> None:
+        self.stop_accepting()
+        self.server.close_connections(0.0)
+        if self.upstream is not None:
+            self.upstream.close()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        logger.opt(exception=(exception_type, exception_value, traceback)).error(
+            "listener {!r} failed", self.settings.name
+        )
+
+
+def _router_of(chain: HandlerChain) -> pykka.ActorRef[Any] | None:
+    """The Gateway's Router: every handler actor is built with it (``HandlerActor.router``)."""
+    for ref in chain.refs:
+        try:
+            router = ref.proxy().router.get(timeout=5)
+        except Exception:
+            continue
+        if isinstance(router, pykka.ActorRef):
+            return router
+    routers = pykka.ActorRegistry.get_by_class(Router)
+    return routers[0] if len(routers) == 1 else None

@@ -1,0 +1,63 @@
+"""Publish mode (``target = "mqtt"``): the contract between the http listener and the bridge.
+
+The listener never imports the bridge. Once, when it starts, it routes an :data:`ATTACH` message through the
+Router (``source`` = its own actor URN); the bridge's handler actor for that kind (``bridge/http_mqtt.py``)
+answers by telling the listener a :class:`Publisher` (``attach_publisher``). From then on each POST is one
+call of ``Publisher.publish`` (a future on the bridge's MQTT session) and a wait on the acknowledgement, in
+the request's own greenlet: no Router hop per request (bench/http_publish.py measured why).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = [
+    "ATTACH",
+    "QOS_HEADER",
+    "RETAIN_HEADER",
+    "Acknowledgement",
+    "Publisher",
+    "parse_qos",
+    "parse_retain",
+]
+
+#: The Message kind a publish-mode listener routes once at start; its ``source`` is the listener's actor URN.
+ATTACH = "http.publish.attach"
+
+#: Request headers of publish mode, in WSGI environ form.
+QOS_HEADER = "HTTP_X_MQTT_QOS"
+RETAIN_HEADER = "HTTP_X_MQTT_RETAIN"
+
+_RETAIN = {"0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
+
+
+class Acknowledgement(Protocol):
+    """The outcome of one publish (``protocols.mqtt.client.Delivery`` is one)."""
+
+    reason: str
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the bridge's MQTT session has taken the message (QoS 1/2: the broker acknowledged it);
+        False on a refusal, a failure, or when ``timeout`` passes first."""
+        ...
+
+
+class Publisher(Protocol):
+    """What the bridge hands a publish-mode listener."""
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Acknowledgement: ...
+
+
+def parse_qos(value: str | None, default: int) -> int | None:
+    """The QoS of ``X-MQTT-QoS`` (``default`` without the header); None when it is not 0, 1 or 2."""
+    if value is None:
+        return default
+    value = value.strip()
+    return int(value) if value in ("0", "1", "2") else None
+
+
+def parse_retain(value: str | None) -> bool | None:
+    """``X-MQTT-Retain``: 1/true/yes or 0/false/no (case-insensitive); False without it, None when bad."""
+    if value is None:
+        return False
+    return _RETAIN.get(value.strip().lower())
