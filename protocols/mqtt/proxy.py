@@ -246,7 +246,7 @@ class MqttConnection:
                 self.ctx.metrics.refusals.labels(self.ctx.name, "malformed").inc()
                 self.close(f"bad CONNECT: {exc}")
             return None
-        except (OSError, ValueError) as exc:  # reset or closed before the CONNECT was whole: nothing to answer
+        except (OSError, ValueError) as exc:  # reset or closed before the CONNECT was whole: no answer
             self.close(f"client socket before CONNECT: {exc}")
             return None
         if first is None:
