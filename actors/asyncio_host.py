@@ -36,7 +36,7 @@ import gevent.lock
 from gevent import monkey
 from loguru import logger
 
-__all__ = ["AsyncioHost"]
+__all__ = ["AsyncioHost", "HostLease"]
 
 T = TypeVar("T")
 
@@ -279,3 +279,32 @@ def _guarded(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
 
 def _log_error(exc: BaseException) -> None:
     logger.opt(exception=exc).error("asyncio host task failed")
+
+
+class HostLease:
+    """A hold on the process's one shared :class:`AsyncioHost` (every asyncio library runs on the same
+    loop: slixmpp for the XMPP bridge, aiocoap for CoAP listeners). The host starts with the first lease
+    and stops when the last one is released; ``stop`` releases (so a lease can sit among the Gateway's
+    parts, which are stopped in reverse)."""
+
+    _shared: AsyncioHost | None = None
+    _holders = 0
+    _guard = gevent.lock.Semaphore()
+
+    def __init__(self) -> None:
+        with HostLease._guard:
+            if HostLease._shared is None:
+                HostLease._shared = AsyncioHost()
+            HostLease._shared.start()
+            HostLease._holders += 1
+            self.host: AsyncioHost = HostLease._shared
+            self._held = True
+
+    def stop(self, timeout: float = 5) -> None:
+        with HostLease._guard:
+            if not self._held:
+                return
+            self._held = False
+            HostLease._holders -= 1
+            if HostLease._holders == 0 and HostLease._shared is not None:
+                HostLease._shared.stop(timeout)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferryman.actors.asyncio_host import AsyncioHost
+from ferryman.actors.asyncio_host import HostLease
 from ferryman.actors.gateway import Gateway
 from ferryman.bridge.authz import BridgeAuthz
 from ferryman.bridge.http_mqtt import HttpMqttBridge
@@ -30,9 +30,9 @@ def build_bridge(gateway: Gateway) -> list[Any]:
     route = gateway.router.proxy().route
     parts: list[Any] = []
     if bridge.xmpp is not None:
-        host = AsyncioHost()
-        host.start()
-        parts.append(host)
+        lease = HostLease()  # the loop CoAP listeners share
+        host = lease.host
+        parts.append(lease)
     mqtt = MqttClientActor.start(
         bridge.mqtt.url,
         bridge.mqtt.client_id,

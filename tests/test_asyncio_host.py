@@ -294,3 +294,21 @@ def test_stop_times_out_while_the_thread_is_busy() -> None:
     gate.release()
     h.stop(timeout=LIMIT)  # the thread ends once the hog returns
     assert not h.running
+
+
+def test_leases_share_one_host_until_the_last_is_released() -> None:
+    from ferryman.actors.asyncio_host import HostLease
+
+    first, second = HostLease(), HostLease()
+    assert first.host is second.host and first.host.running
+    first.stop()
+    first.stop()  # a second release of the same lease changes nothing
+    assert second.host.running
+    assert second.host.run(asyncio.sleep(0, result="still here"), timeout=5) == "still here"
+    second.stop()
+    assert not second.host.running
+    third = HostLease()  # and it starts again for a new holder
+    try:
+        assert third.host.running
+    finally:
+        third.stop()
