@@ -17,9 +17,11 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the test suite's server helpers serve the benchmarks too
@@ -690,3 +692,40 @@ def open_fds(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return 0
+
+
+# ------------------------------------------------------------------ load windows of the throughput benchmarks
+
+Snapshot = tuple[float, int]  # (monotonic time, messages so far)
+
+
+@dataclass(frozen=True)
+class Window:
+    """When the children of one load run start sending, and the steady window after the warm-up."""
+
+    start_at: float
+    win_start: float
+    win_end: float
+
+
+def wait_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def rate(first: Snapshot | None, last: Snapshot | None) -> float:
+    """Messages per second between two snapshots (0 when the window was not seen whole)."""
+    if first is None or last is None or last[0] <= first[0]:
+        return 0.0
+    return (last[1] - first[1]) / (last[0] - first[0])
+
+
+def recv_report(conn: Connection, deadline: float, who: str) -> Any:
+    """A child's next report over its pipe; its ("error", text) becomes a RuntimeError."""
+    if not conn.poll(max(0.0, deadline - time.monotonic())):
+        raise TimeoutError(f"{who} did not answer in time")
+    msg = conn.recv()
+    if msg[0] == "error":
+        raise RuntimeError(msg[1])
+    return msg

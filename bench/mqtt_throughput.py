@@ -35,12 +35,17 @@ from _harness import (
     Mosquitto,
     MqttSession,
     PacketCounter,
+    Snapshot,
+    Window,
     free_port,
     machine_line,
     publish_packet,
+    rate,
+    recv_report,
     start_pyspy,
     stop_process,
     summarize_folded,
+    wait_until,
 )
 
 TOPIC_FILTER = "bench/#"
@@ -50,23 +55,9 @@ RECV_BYTES = 1 << 20
 RCVLOWAT = 64 * 1024  # the subscriber's socket is readable from this many bytes on (or after its timeout)
 OTHER_LOAD_WARN = 0.25  # cores busy with processes outside the benchmark, median over the runs
 QUIET_LOAD = 0.15  # a pair of runs is "quiet" when other processes kept fewer cores than this busy in both
-Snapshot = tuple[float, int]  # (monotonic time, messages so far)
-
-
-@dataclass(frozen=True)
-class Window:
-    start_at: float  # publishers start sending
-    win_start: float  # steady window: after the warm-up
-    win_end: float
 
 
 # ------------------------------------------------------------------------------------------------ children
-
-
-def _wait_until(t: float) -> None:
-    delay = t - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
 
 
 def publisher_main(port: int, index: int, conn: Connection) -> None:
@@ -86,7 +77,7 @@ def publisher_main(port: int, index: int, conn: Connection) -> None:
     first: Snapshot | None = None
     last: Snapshot | None = None
     try:
-        _wait_until(window.start_at)
+        wait_until(window.start_at)
         while True:
             sock.sendall(batch)
             sent += per_batch
@@ -159,12 +150,6 @@ class RunResult:
     cpu: dict[str, float]  # process (group) name -> cores busy during the window; "machine", "others"
 
 
-def _rate(first: Snapshot | None, last: Snapshot | None) -> float:
-    if first is None or last is None or last[0] <= first[0]:
-        return 0.0
-    return (last[1] - first[1]) / (last[0] - first[0])
-
-
 def _cpu_ticks(pid: int) -> int:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -183,15 +168,6 @@ def _machine_ticks() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
-def _recv(conn: Connection, deadline: float, who: str) -> Any:
-    if not conn.poll(max(0.0, deadline - time.monotonic())):
-        raise TimeoutError(f"{who} did not answer in time")
-    msg = conn.recv()
-    if msg[0] == "error":
-        raise RuntimeError(msg[1])
-    return msg
-
-
 def run_load(port: int, seconds: float, warmup: float, publishers: int, watch: dict[str, int]) -> RunResult:
     """One bounded load run against 127.0.0.1:``port``; ``watch`` names processes whose CPU is reported."""
     ctx = mp.get_context("fork")
@@ -203,7 +179,7 @@ def run_load(port: int, seconds: float, warmup: float, publishers: int, watch: d
         p.start()
         procs.append(p)
         conns.append(("subscriber", parent))
-        _recv(parent, time.monotonic() + 15, "subscriber")  # subscribed before anyone publishes
+        recv_report(parent, time.monotonic() + 15, "subscriber")  # subscribed before anyone publishes
         for i in range(publishers):
             parent, child = ctx.Pipe()
             p = ctx.Process(target=publisher_main, args=(port, i, child), daemon=True)
@@ -211,7 +187,7 @@ def run_load(port: int, seconds: float, warmup: float, publishers: int, watch: d
             procs.append(p)
             conns.append((f"publisher {i}", parent))
         for who, c in conns[1:]:
-            _recv(c, time.monotonic() + 15, who)
+            recv_report(c, time.monotonic() + 15, who)
         start_at = time.monotonic() + 0.2
         window = Window(start_at, start_at + warmup, start_at + warmup + seconds)
         for _, c in conns:
@@ -219,11 +195,11 @@ def run_load(port: int, seconds: float, warmup: float, publishers: int, watch: d
         groups = {name: [pid] for name, pid in watch.items()}
         groups["subscriber"] = [procs[0].pid]
         groups["publishers"] = [p.pid for p in procs[1:]]
-        _wait_until(window.win_start)
+        wait_until(window.win_start)
         ticks0 = {name: sum(_cpu_ticks(pid) for pid in pids) for name, pids in groups.items()}
         busy0, total0 = _machine_ticks()
         t0 = time.monotonic()
-        _wait_until(window.win_end)
+        wait_until(window.win_end)
         ticks1 = {name: sum(_cpu_ticks(pid) for pid in pids) for name, pids in groups.items()}
         busy1, total1 = _machine_ticks()
         elapsed = time.monotonic() - t0
@@ -234,10 +210,10 @@ def run_load(port: int, seconds: float, warmup: float, publishers: int, watch: d
             cpu["machine"] = (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
             cpu["others"] = max(0.0, cpu["machine"] - sum(v for k, v in cpu.items() if k != "machine"))
         deadline = window.win_end + 20
-        results = {who: _recv(c, deadline, who) for who, c in conns}
+        results = {who: recv_report(c, deadline, who) for who, c in conns}
         sub = results.pop("subscriber")
-        received = _rate(sub[1], sub[2])
-        sent = sum(_rate(r[1], r[2]) for r in results.values())
+        received = rate(sub[1], sub[2])
+        sent = sum(rate(r[1], r[2]) for r in results.values())
         return RunResult(received, sent, cpu)
     finally:
         for p in procs:

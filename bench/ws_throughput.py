@@ -36,27 +36,24 @@ from _harness import (
     Gateway,
     Mosquitto,
     PacketCounter,
+    Snapshot,
+    Window,
     connect_packet,
     free_port,
     gateway_config,
     machine_line,
     process_cpu_ticks,
     publish_packet,
+    rate,
+    recv_report,
     subscribe_packet,
+    wait_until,
 )
 
 PAYLOAD_SIZE = 32
 BATCH_BYTES = 256 * 1024
 PATH = "/mqtt"
 MASK = b"\x1f\x2e\x3d\x4c"  # one fixed key: the frames are encoded once, before the window
-Snapshot = tuple[float, int]
-
-
-@dataclass(frozen=True)
-class Window:
-    start_at: float
-    win_start: float
-    win_end: float
 
 
 # ------------------------------------------------------------------------------------------ WebSocket bytes
@@ -146,12 +143,6 @@ def ws_open(port: int, client_id: str) -> tuple[socket.socket, Unframer, bytes]:
 # ------------------------------------------------------------------------------------------------ children
 
 
-def _wait_until(t: float) -> None:
-    delay = t - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-
-
 def publisher_main(port: int, index: int, conn: Connection) -> None:
     try:
         sock, _, _ = ws_open(port, f"bench-ws-pub-{index}-{os.getpid()}")
@@ -165,7 +156,7 @@ def publisher_main(port: int, index: int, conn: Connection) -> None:
     window: Window = conn.recv()
     sent, first, last = 0, None, None
     try:
-        _wait_until(window.start_at)
+        wait_until(window.start_at)
         while True:
             sock.sendall(batch)
             sent += per_batch
@@ -237,21 +228,6 @@ class RunResult:
     cpu: dict[str, float]  # cores busy during the window, per watched process
 
 
-def _rate(first: Snapshot | None, last: Snapshot | None) -> float:
-    if first is None or last is None or last[0] <= first[0]:
-        return 0.0
-    return (last[1] - first[1]) / (last[0] - first[0])
-
-
-def _recv(conn: Connection, deadline: float, who: str) -> Any:
-    if not conn.poll(max(0.0, deadline - time.monotonic())):
-        raise TimeoutError(f"{who} did not answer in time")
-    msg = conn.recv()
-    if msg[0] == "error":
-        raise RuntimeError(msg[1])
-    return msg
-
-
 def run_load(port: int, seconds: float, warmup: float, publishers: int, watch: dict[str, int]) -> RunResult:
     ctx = mp.get_context("fork")
     procs: list[Any] = []
@@ -261,28 +237,28 @@ def run_load(port: int, seconds: float, warmup: float, publishers: int, watch: d
         procs.append(ctx.Process(target=subscriber_main, args=(port, child), daemon=True))
         procs[-1].start()
         conns.append(("subscriber", parent))
-        _recv(parent, time.monotonic() + 15, "subscriber")
+        recv_report(parent, time.monotonic() + 15, "subscriber")
         for i in range(publishers):
             parent, child = ctx.Pipe()
             procs.append(ctx.Process(target=publisher_main, args=(port, i, child), daemon=True))
             procs[-1].start()
             conns.append((f"publisher {i}", parent))
         for who, c in conns[1:]:
-            _recv(c, time.monotonic() + 15, who)
+            recv_report(c, time.monotonic() + 15, who)
         start_at = time.monotonic() + 0.2
         window = Window(start_at, start_at + warmup, start_at + warmup + seconds)
         for _, c in conns:
             c.send(window)
-        _wait_until(window.win_start)
+        wait_until(window.win_start)
         ticks0 = {name: process_cpu_ticks(pid) for name, pid in watch.items()}
         t0 = time.monotonic()
-        _wait_until(window.win_end)
+        wait_until(window.win_end)
         elapsed = time.monotonic() - t0
         hz = os.sysconf("SC_CLK_TCK")
         cpu = {name: (process_cpu_ticks(pid) - ticks0[name]) / hz / elapsed for name, pid in watch.items()}
-        results = {who: _recv(c, window.win_end + 20, who) for who, c in conns}
+        results = {who: recv_report(c, window.win_end + 20, who) for who, c in conns}
         sub = results.pop("subscriber")
-        return RunResult(_rate(sub[1], sub[2]), sum(_rate(r[1], r[2]) for r in results.values()), cpu)
+        return RunResult(rate(sub[1], sub[2]), sum(rate(r[1], r[2]) for r in results.values()), cpu)
     finally:
         for p in procs:
             p.join(5)

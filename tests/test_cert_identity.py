@@ -12,7 +12,6 @@ import pytest
 
 from ferryman.config import SettingsError, load_settings
 from ferryman.protocols.mqtt.packets import Publish
-from ferryman.protocols.tls.pki import write_dev_pki
 from tests.rawclient import RawClient
 from tests.servers import GatewayProcess, Mosquitto
 
@@ -44,10 +43,8 @@ publish = ["dev1/#"]
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("pki")
-    write_dev_pki(directory)
-    return directory
+def pki(dev_pki: Path) -> Path:
+    return dev_pki  # the session's dev PKI (conftest); these tests only read it
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from ferryman.protocols.tls.pki import write_dev_pki
 from tests.http_support import CurlFailed, EchoTarget, SilentTarget, Subscriber, curl, pki_args
 from tests.servers import GatewayProcess, Mosquitto, free_port
 
@@ -116,10 +115,8 @@ def echo() -> Iterator[EchoTarget]:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("pki")
-    write_dev_pki(directory)
-    return directory
+def pki(dev_pki: Path) -> Path:
+    return dev_pki  # the session's dev PKI (conftest); these tests only read it
 
 
 @pytest.fixture(scope="module")
