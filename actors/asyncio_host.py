@@ -103,7 +103,8 @@ class AsyncioHost:
 
     Use it from greenlets: ``start()``, ``run(coro)`` (blocks the calling greenlet only), ``submit(coro,
     on_done, on_error)`` (callbacks run in the hub, e.g. ``actor_ref.tell``), ``call_soon(fn)`` and
-    ``stop()``. From the asyncio thread, ``to_hub(fn, *args)`` delivers events back to the greenlets.
+    ``stop()``. From the asyncio thread, ``to_hub(fn, *args)`` delivers events back to the greenlets and
+    ``await in_hub(fn, *args)`` runs a call among them (a Pykka ask, the chain) and returns its result.
     Callbacks run in the hub by ``to_hub`` and ``submit`` must not block (``tell`` does not; anything that
     waits should ``gevent.spawn``); their exceptions are logged.
     """
@@ -229,6 +230,36 @@ class AsyncioHost:
         if hub is None:
             raise RuntimeError("the asyncio host was never started")
         hub.loop.run_callback_threadsafe(_guarded, fn, args)
+
+    async def in_hub(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs ``fn(*args)`` in a new greenlet of the hub and awaits its result (or exception) from the
+        asyncio thread. For what must run among the greenlets: Pykka asks and tells, the handler chain,
+        anything that waits on a gevent primitive. The asyncio thread never blocks on them; if the awaiting
+        task is cancelled, the greenlet still runs to its end and its result is dropped."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:  # asyncio thread
+            if future.done():
+                return
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+        def run() -> None:  # a greenlet of the hub
+            try:
+                value = fn(*args)
+            except Exception as exc:
+                loop.call_soon_threadsafe(settle, False, exc)
+            except BaseException as exc:  # GreenletExit: the hub is going away
+                loop.call_soon_threadsafe(settle, False, RuntimeError(f"hub greenlet ended: {exc!r}"))
+                raise
+            else:
+                loop.call_soon_threadsafe(settle, True, value)
+
+        self.to_hub(gevent.spawn, run)
+        return await future
 
     def threadpool_spawn(self, fn: Callable[[], None]) -> None:
         """Runs ``fn`` in a thread of the hub's threadpool; call it in a greenlet of the hub's thread."""

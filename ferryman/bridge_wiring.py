@@ -1,6 +1,6 @@
-"""Builds the bridge from ``[bridge.*]``: the bridge's MQTT session, the HTTP -> MQTT handler actor (for
-publish-mode http listeners), the asyncio host and the XMPP session on it, and the XMPP bridge handler actor,
-all registered with the Router. A Gateway component (see
+"""Builds the bridge from ``[bridge.*]``: the bridge's MQTT session, the HTTP -> MQTT and CoAP -> MQTT
+handler actors (for publish-mode http and coap listeners), the asyncio host and the XMPP session on it, and
+the XMPP bridge handler actor, all registered with the Router. A Gateway component (see
 ``actors/gateway.py``): it returns what it started, in order, and the Gateway stops them in reverse."""
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from typing import Any
 from ferryman.actors.asyncio_host import HostLease
 from ferryman.actors.gateway import Gateway
 from ferryman.bridge.authz import BridgeAuthz
+from ferryman.bridge.coap_mqtt import CoapMqttBridge
 from ferryman.bridge.http_mqtt import HttpMqttBridge
 from ferryman.bridge.smartgrid import SmartgridRules
 from ferryman.bridge.smartgrid_handler import SmartgridHandler
 from ferryman.bridge.store import Store
 from ferryman.bridge.xmpp_mqtt import MQTT_MESSAGE, XMPP_CHAT, XmppMqttBridge
+from ferryman.protocols.coap.publish import ATTACH as COAP_PUBLISH_ATTACH
 from ferryman.protocols.http.publish import ATTACH as HTTP_PUBLISH_ATTACH
 from ferryman.protocols.mqtt.client import MqttClientActor
 from ferryman.protocols.xmpp.session import XmppSession
@@ -44,6 +46,10 @@ def build_bridge(gateway: Gateway) -> list[Any]:
     http = HttpMqttBridge.start(mqtt=mqtt, settings=gateway.settings, router=gateway.router)
     parts.append(http)
     gateway.router.proxy().register(HTTP_PUBLISH_ATTACH, http).get(timeout=5)
+    coap = CoapMqttBridge.start(mqtt=mqtt, settings=gateway.settings, router=gateway.router)
+    parts.append(coap)
+    gateway.router.proxy().register(COAP_PUBLISH_ATTACH, coap).get(timeout=5)
+    gateway.router.proxy().register(MQTT_MESSAGE, coap).get(timeout=5)  # messages for CoAP observers
     if bridge.xmpp is None:
         return parts
     xmpp = XmppSession.start(bridge.xmpp, host, gateway.router, ca_file=bridge.xmpp.ca_file or None)

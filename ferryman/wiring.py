@@ -9,13 +9,19 @@ from typing import Any
 from ferryman.actors.gateway import Gateway
 from ferryman.bridge.builtin import AllowAllHandler
 from ferryman.bridge.static import StaticHandler
+from ferryman.protocols.coap import CoapListener
 from ferryman.protocols.http import HttpListener
 from ferryman.protocols.mqtt.listener import MqttListener
 from ferryman.protocols.websocket.listener import MqttWsListener
 
 __all__ = ["LISTENERS", "build_gateway"]
 
-LISTENERS: dict[str, Any] = {"mqtt": MqttListener, "mqtt-ws": MqttWsListener, "http": HttpListener}
+LISTENERS: dict[str, Any] = {
+    "mqtt": MqttListener,
+    "mqtt-ws": MqttWsListener,
+    "http": HttpListener,
+    "coap": CoapListener,
+}
 HANDLERS: dict[str, Any] = {"allow-all": AllowAllHandler, "static": StaticHandler}
 
 

@@ -136,20 +136,25 @@ def test_hash_password_output_verifies() -> None:
     assert not verify_password(b"other", encoded)
 
 
-def test_check_refuses_what_this_version_cannot_do(tmp_path: Path) -> None:
-    cfg = tmp_path / "coap.toml"
+def test_check_refuses_what_this_version_cannot_do(tmp_path: Path, dev_pki: Path) -> None:
+    cfg = tmp_path / "coaps.toml"
     cfg.write_text(
-        """
+        f"""
 [[listener]]
-name = "coap"
+name = "coaps"
 protocol = "coap"
-address = "127.0.0.1:5683"
-target = "coap://127.0.0.1:5684"
+address = "127.0.0.1:5684"
+target = "mqtt"
+[listener.tls]
+cert_file = "{dev_pki}/server.crt"
+key_file = "{dev_pki}/server.key"
+[bridge.mqtt]
+url = "tcp://127.0.0.1:1883"
 """
     )
     out = ferryman("check", "--config", str(cfg))
     assert out.returncode == 1
-    assert "listener[0].protocol: 'coap' is not available in this version yet" in out.stderr
+    assert "listener[0]: DTLS (coaps)" in out.stderr and "is not available" in out.stderr
 
 
 def test_json_logs_are_one_object_a_line(tmp_path: Path) -> None:

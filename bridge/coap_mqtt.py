@@ -1,0 +1,164 @@
+"""The CoAP -> MQTT bridge handler actor: publish-mode coap listeners (``target = "mqtt"``) publish and
+subscribe through the bridge's own MQTT session (``MqttClientActor``).
+
+Registered with the Router for :data:`ferryman.protocols.coap.publish.ATTACH` (answered with an
+:class:`MqttCoapPort`, as ``bridge/http_mqtt.py`` does for http) and for ``mqtt.message`` (the messages of
+the bridge's MQTT session, which it hands to the receivers of matching filters: CoAP observations).
+
+Subscriptions are reference-counted per filter here: the first receiver subscribes the MQTT session, the
+last one leaving unsubscribes it. A filter the MQTT session already had when the first CoAP receiver came
+(an XMPP user's) is borrowed, never unsubscribed from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from ferryman.actors.contracts import Message
+from ferryman.actors.handler import HandlerActor
+from ferryman.actors.topics import matches
+from ferryman.protocols.coap.publish import ATTACH, Deliver
+from ferryman.protocols.mqtt.client import Delivery
+
+from .http_mqtt import MqttPublisher
+
+__all__ = ["MQTT_MESSAGE", "CoapMqttBridge", "MqttCoapPort"]
+
+MQTT_MESSAGE = "mqtt.message"
+
+
+class MqttCoapPort:
+    """A ``protocols.coap.publish.MqttPort`` over the bridge's MQTT session and this handler actor."""
+
+    def __init__(self, mqtt: pykka.ActorRef[Any], bridge: pykka.ActorRef[Any], timeout: float = 5.0) -> None:
+        self._publisher = MqttPublisher(mqtt, timeout)
+        self._publish_async = mqtt.proxy().publish_async
+        bridge_proxy = bridge.proxy()
+        self._add = bridge_proxy.add_receiver
+        self._remove = bridge_proxy.remove_receiver
+        self.timeout = timeout
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Delivery:
+        return self._publisher.publish(topic, payload, qos, retain)
+
+    def publish_many(self, items: list[tuple[str, bytes, int, bool]]) -> list[Delivery]:
+        """Queues every publish on the MQTT session first, then collects the deliveries: one wake-up of
+        the session actor for the lot instead of one ask round trip each."""
+        futures = []
+        for topic, payload, qos, retain in items:
+            try:
+                futures.append(self._publish_async(topic, payload, qos, retain))
+            except pykka.ActorDeadError:
+                futures.append(None)
+        out = []
+        for future in futures:
+            if future is None:
+                out.append(Delivery.failed("the bridge's MQTT session is not running"))
+                continue
+            try:
+                out.append(future.get(timeout=self.timeout))
+            except pykka.ActorDeadError:
+                out.append(Delivery.failed("the bridge's MQTT session is not running"))
+            except pykka.Timeout:
+                out.append(Delivery.failed("the bridge's MQTT session did not answer"))
+        return out
+
+    def subscribe(self, topic_filter: str, deliver: Deliver, timeout: float) -> tuple[int, bool]:
+        try:
+            key, suback = self._add(topic_filter, deliver).get(timeout=self.timeout)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            return 0, False
+        if suback is None:
+            return key, True  # the filter was subscribed already
+        try:
+            return key, bool(suback.get(timeout=timeout))
+        except (pykka.ActorDeadError, pykka.Timeout):
+            return key, False
+
+    def unsubscribe(self, key: int) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._remove.defer(key)
+
+
+class CoapMqttBridge(HandlerActor):
+    name = "coap-mqtt"
+
+    def __init__(
+        self,
+        *,
+        mqtt: pykka.ActorRef[Any],
+        options: Mapping[str, Any] | None = None,
+        settings: Any = None,
+        router: Any = None,
+    ) -> None:
+        super().__init__(options=options, settings=settings, router=router)
+        self.mqtt = mqtt
+        self._mqtt = mqtt.proxy()
+        self._keys = itertools.count(1)
+        self._receivers: dict[int, tuple[str, Deliver]] = {}
+        self._by_filter: dict[str, set[int]] = {}
+        self._borrowed: set[str] = set()  # filters the MQTT session had before CoAP wanted them
+
+    def handle(self, message: Message) -> None:
+        if message.kind == MQTT_MESSAGE:
+            self._deliver(message)
+        elif message.kind == ATTACH:
+            listener = pykka.ActorRegistry.get_by_urn(message.source)
+            if listener is None:
+                logger.warning("bridge: coap listener {!r} is gone before it was attached", message.topic)
+                return
+            listener.proxy().attach_port.defer(MqttCoapPort(self.mqtt, self.actor_ref))
+
+    def _deliver(self, message: Message) -> None:
+        for topic_filter, keys in self._by_filter.items():
+            if not matches(topic_filter, message.topic):
+                continue
+            for key in list(keys):
+                _, deliver = self._receivers[key]
+                try:
+                    deliver(message.topic, message.payload, message.headers)
+                except Exception:
+                    logger.exception("bridge: a CoAP receiver of {} failed", topic_filter)
+
+    def add_receiver(self, topic_filter: str, deliver: Deliver) -> tuple[int, pykka.Future[bool] | None]:
+        """Returns (the receiver's key, the future of the MQTT subscription if this call made one)."""
+        key = next(self._keys)
+        self._receivers[key] = (topic_filter, deliver)
+        keys = self._by_filter.setdefault(topic_filter, set())
+        keys.add(key)
+        if len(keys) > 1:
+            return key, None
+        if topic_filter in self._mqtt.filters().get(timeout=5):
+            self._borrowed.add(topic_filter)
+            return key, None
+        logger.info("bridge: subscribing {} for CoAP observers", topic_filter)
+        future: pykka.Future[bool] = self._mqtt.subscribe(topic_filter)
+        return key, future
+
+    def remove_receiver(self, key: int) -> None:
+        entry = self._receivers.pop(key, None)
+        if entry is None:
+            return
+        topic_filter = entry[0]
+        keys = self._by_filter.get(topic_filter)
+        if keys is None:
+            return
+        keys.discard(key)
+        if keys:
+            return
+        del self._by_filter[topic_filter]
+        if topic_filter in self._borrowed:
+            self._borrowed.discard(topic_filter)
+            return
+        logger.info("bridge: unsubscribing {}: its last CoAP observer left", topic_filter)
+        self._mqtt.unsubscribe.defer(topic_filter)
+
+    def receivers(self) -> dict[str, int]:
+        """Filter -> how many CoAP receivers (for tests and diagnostics)."""
+        return {f: len(k) for f, k in self._by_filter.items()}

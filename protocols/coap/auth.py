@@ -1,0 +1,401 @@
+"""Authentication and authorization of CoAP requests, for publish mode and proxy mode alike.
+
+Every request is authenticated. Credentials come from the ``auth`` query option (``?auth=<token>``):
+``<username>:<password>`` (split at the first ``:``; the ``static`` handler's users), or a token without
+``:``, which is the Session's password with no username (for handlers that take API keys or bearer
+tokens). Without ``auth`` on a DTLS listener the DTLS identity (the PSK identity, or a certificate's) is
+the credential: the Session is asked with no username and no password and ``identity`` set. Anything
+else is answered 4.01 Unauthorized.
+
+CoAP has no connection, so the "session" handlers see is one (peer address, credentials) pair. The
+handler chain is asked once per pair (``HandlerChain.connect`` is an actor ask per handler and a
+``password_hash`` check costs milliseconds) and its decision is remembered for ``ttl`` seconds after the
+last request (bounded, least recently used first out; a pair holding an observation stays). ``on_connect``
+is told when a pair is first granted and ``on_disconnect`` exactly once when it is forgotten. A handler's
+``update_grant`` replaces the decision at once; its ``disconnect`` revokes it (later requests ask afresh)
+and ends the pair's observations.
+
+API for the resources (asyncio thread):
+
+- ``await authenticate(ctx, request) -> Principal | aiocoap.Message``: the message is the refusal to
+  return (4.01, 4.29 or 5.03);
+- ``await authorize(ctx, principal, action, topic, payload) -> aiocoap.Message | None``: ``action`` is
+  ``"publish"`` (POST / PUT / DELETE: ``auth_publish``) or ``"subscribe"`` (GET with Observe:
+  ``auth_subscribe``); None when allowed (``on_publish`` / ``on_subscribe`` are told), else 4.03;
+- ``topic_of(request)``, ``action_of(request)``, ``without_auth(request)`` (the request minus the
+  ``auth`` option, for forwarding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import aiocoap
+from aiocoap.numbers.codes import Code
+
+from ferryman.actors.contracts import Grant, Refusal, RefusalCode, Session, next_session_id
+
+if TYPE_CHECKING:
+    from .context import CoapContext
+
+__all__ = [
+    "INVALID",
+    "AuthCache",
+    "Credentials",
+    "Principal",
+    "action_of",
+    "authenticate",
+    "authorize",
+    "check",
+    "credentials_of",
+    "notify_unsubscribe",
+    "refusal_message",
+    "remote_of",
+    "topic_of",
+    "without_auth",
+]
+
+AUTH_KEY = "auth"
+
+#: Refusals that depend on the credentials alone: safe to remember.
+_CACHEABLE = frozenset({RefusalCode.BAD_CREDENTIALS, RefusalCode.NOT_AUTHORIZED, RefusalCode.BANNED})
+_REFUSAL_CODE = {
+    RefusalCode.SERVER_UNAVAILABLE: Code.SERVICE_UNAVAILABLE,
+    RefusalCode.SERVER_BUSY: Code.SERVICE_UNAVAILABLE,
+    RefusalCode.SERVER_SHUTTING_DOWN: Code.SERVICE_UNAVAILABLE,
+    RefusalCode.QUOTA_EXCEEDED: Code.TOO_MANY_REQUESTS,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str | None
+    password: bytes | None
+    identity: str | None = None  # the DTLS identity
+
+
+#: An ``auth`` option that cannot be used (empty): answered 4.01.
+INVALID = Credentials(None, None, "\x00invalid")
+
+
+def credentials_of(request: aiocoap.Message) -> Credentials | None:
+    """The credentials of ``request`` (None: none given; :data:`INVALID`: an empty ``auth``)."""
+    identity = _dtls_identity(request)
+    for query in request.opt.uri_query:
+        key, _, value = query.partition("=")
+        if key != AUTH_KEY:
+            continue
+        if not value:
+            return INVALID
+        username, colon, password = value.partition(":")
+        if colon:
+            return Credentials(username, password.encode(), identity)
+        return Credentials(None, value.encode(), identity)
+    if identity is not None:
+        return Credentials(None, None, identity)
+    return None
+
+
+def _dtls_identity(request: aiocoap.Message) -> str | None:
+    """The identity a DTLS transport authenticated (PSK identity or certificate), or None."""
+    claims = getattr(request.remote, "authenticated_claims", None) or ()
+    for claim in claims:
+        if claim is None:
+            continue
+        name = getattr(claim, "identity", None) or getattr(claim, "name", None) or claim
+        if isinstance(name, bytes):
+            return name.decode("utf-8", "replace")
+        if isinstance(name, str):
+            return name
+    return None
+
+
+def without_auth(request: aiocoap.Message) -> aiocoap.Message:
+    """A copy of ``request`` whose Uri-Query has no ``auth`` option (what is forwarded)."""
+    kept = tuple(q for q in request.opt.uri_query if q.partition("=")[0] != AUTH_KEY)
+    return request.copy(uri_query=kept)
+
+
+def topic_of(request: aiocoap.Message) -> str:
+    """The Uri-Path segments joined by ``/`` (``coap://gw/sensors/k1/temp`` -> ``sensors/k1/temp``)."""
+    return "/".join(request.opt.uri_path)
+
+
+def action_of(request: aiocoap.Message) -> str | None:
+    """``"publish"`` (POST, PUT, DELETE, PATCH, iPATCH), ``"subscribe"`` (GET / FETCH registering an
+    observation), ``"unsubscribe"`` (deregistration: Observe = 1), None for a plain GET / FETCH."""
+    code = request.code
+    if code in (Code.POST, Code.PUT, Code.DELETE, Code.PATCH, Code.iPATCH):
+        return "publish"
+    observe = request.opt.observe
+    if observe == 0:
+        return "subscribe"
+    if observe == 1:
+        return "unsubscribe"
+    return None
+
+
+def remote_of(request: aiocoap.Message) -> tuple[str, int]:
+    """The peer's (host, port); IPv4-mapped IPv6 addresses are given as IPv4."""
+    remote = request.remote
+    sockaddr = getattr(remote, "sockaddr", None)
+    if sockaddr is None:
+        sockaddr = getattr(getattr(remote, "_underlying_address", None), "sockaddr", None)
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        host = str(sockaddr[0])
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return host, int(sockaddr[1])
+    return "?", 0
+
+
+def refusal_message(code: Code, reason: str) -> aiocoap.Message:
+    """A response with a diagnostic payload (RFC 7252 5.5.2: UTF-8 text, no Content-Format)."""
+    return aiocoap.Message(code=code, payload=reason.encode("utf-8")[:128])
+
+
+# -- the session cache ------------------------------------------------------------------------------
+
+
+class CoapSessionControl:
+    """Live policy changes for one remembered pair (called from handler actors, in the hub; never blocks)."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        self.entry: Entry | None = None
+
+    def update_grant(self, grant: Grant) -> None:
+        if self.entry is not None:
+            self.entry.decision = grant
+
+    def disconnect(self, refusal: Refusal) -> None:
+        entry = self.entry
+        if entry is None:
+            return
+        entry.decision = refusal
+        entry.revoked = True
+        entry.ctx.host.call_soon(entry.end_watchers, refusal)
+
+
+@dataclass(eq=False)
+class Entry:
+    ctx: CoapContext = field(repr=False)
+    key: tuple[tuple[str, int], Credentials]
+    session: Session
+    decision: Grant | Refusal
+    expires: float = 0.0
+    revoked: bool = False
+    notified: bool = False  # on_connect was told (so on_disconnect will be)
+    #: Called (asyncio thread) when a handler revokes the pair: observations end themselves.
+    watchers: list[Callable[[Refusal], None]] = field(default_factory=list, repr=False)
+
+    def end_watchers(self, refusal: Refusal) -> None:
+        for watcher in list(self.watchers):
+            try:
+                watcher(refusal)
+            except Exception as exc:
+                self.ctx.log("ERROR", "listener {!r}: ending an observation failed: {!r}", self.ctx.name, exc)
+
+
+@dataclass(eq=False)
+class Principal:
+    """An authenticated requester: its Session and the live decision of the handler chain."""
+
+    entry: Entry
+
+    @property
+    def session(self) -> Session:
+        return self.entry.session
+
+    @property
+    def grant(self) -> Grant | None:
+        """The current grant; None once a handler revoked it."""
+        decision = self.entry.decision
+        return decision if isinstance(decision, Grant) else None
+
+    def hold(self, watcher: Callable[[Refusal], None]) -> None:
+        """Keeps the pair remembered while ``watcher`` (an observation) lives; it is called on revocation."""
+        self.entry.watchers.append(watcher)
+
+    def release(self, watcher: Callable[[Refusal], None]) -> None:
+        if watcher in self.entry.watchers:
+            self.entry.watchers.remove(watcher)
+        self.entry.ctx.auth.touch(self.entry)
+
+
+class AuthCache:
+    """(peer, credentials) -> the chain's decision. Used only from the asyncio thread."""
+
+    def __init__(self, ctx: CoapContext, ttl: float = 60.0, max_entries: int = 4096) -> None:
+        self.ctx = ctx
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[tuple[str, int], Credentials], Entry] = OrderedDict()
+        self._pending: dict[tuple[tuple[str, int], Credentials], asyncio.Future[Entry]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def decide(self, remote: tuple[str, int], creds: Credentials) -> Entry:
+        key = (remote, creds)
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is not None:
+            if not entry.revoked and (entry.expires > now or entry.watchers):
+                entry.expires = now + self.ttl
+                self._entries.move_to_end(key)
+                return entry
+            self._drop(key, "revoked" if entry.revoked else "expired")
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            entry = await self._ask(key, creds)
+            future.set_result(entry)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            del self._pending[key]
+        return entry
+
+    async def _ask(self, key: tuple[tuple[str, int], Credentials], creds: Credentials) -> Entry:
+        ctx = self.ctx
+        control = CoapSessionControl()
+        session = Session(
+            id=next_session_id(),
+            listener=ctx.name,
+            protocol="coap",
+            remote_addr=key[0],
+            protocol_version=1,
+            username=creds.username,
+            password=creds.password,
+            identity=creds.identity,
+            control=control,
+        )
+        decision = await ctx.host.in_hub(ctx.chain.connect, session)
+        entry = Entry(ctx, key, session, decision, time.monotonic() + self.ttl)
+        control.entry = entry
+        if isinstance(decision, Grant):
+            ctx.host.to_hub(ctx.chain.on_connect, session, decision)
+            entry.notified = True
+        elif decision.code not in _CACHEABLE:
+            return entry  # e.g. the handler timed out: ask again next time
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._forget(old, "replaced")
+        self._entries[key] = entry
+        if len(self._entries) > self.max_entries:
+            self._evict()
+        return entry
+
+    def touch(self, entry: Entry) -> None:
+        entry.expires = time.monotonic() + self.ttl
+
+    def _evict(self) -> None:
+        """Drops the least recently used pairs without an observation until within ``max_entries``."""
+        for key in list(self._entries):
+            if len(self._entries) <= self.max_entries:
+                return
+            if not self._entries[key].watchers:
+                self._drop(key, "evicted")
+
+    def _drop(self, key: tuple[tuple[str, int], Credentials], reason: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._forget(entry, reason)
+
+    def _forget(self, entry: Entry, reason: str) -> None:
+        if entry.notified:
+            entry.notified = False
+            self.ctx.host.to_hub(self.ctx.chain.on_disconnect, entry.session, reason)
+
+    def sweep(self) -> int:
+        """Forgets the pairs idle for ``ttl`` seconds (called periodically by the listener); how many."""
+        now = time.monotonic()
+        stale = [k for k, e in self._entries.items() if e.expires <= now and not e.watchers]
+        for key in stale:
+            self._drop(key, "expired")
+        return len(stale)
+
+    def close(self, reason: str) -> None:
+        """The listener stops: every remembered pair that had on_connect gets on_disconnect."""
+        for key in list(self._entries):
+            self._drop(key, reason)
+
+
+# -- the API for resources -------------------------------------------------------------------------------
+
+
+async def authenticate(ctx: CoapContext, request: aiocoap.Message) -> Principal | aiocoap.Message:
+    """The requester, or the refusal to answer with (4.01 no / unusable / refused credentials, 4.29
+    quota, 5.03 handler unavailable or the listener stopping)."""
+    if ctx.stopping:
+        return refusal_message(Code.SERVICE_UNAVAILABLE, "server shutting down")
+    creds = credentials_of(request)
+    if creds is None:
+        ctx.count_refusal("connect")
+        return refusal_message(Code.UNAUTHORIZED, "credentials required: ?auth=<username>:<password>")
+    if creds is INVALID:
+        ctx.count_refusal("connect")
+        return refusal_message(Code.UNAUTHORIZED, "empty auth option")
+    entry = await ctx.auth.decide(remote_of(request), creds)
+    decision = entry.decision
+    if isinstance(decision, Grant):
+        return Principal(entry)
+    ctx.count_refusal("connect")
+    code = _REFUSAL_CODE.get(decision.code, Code.UNAUTHORIZED)
+    return refusal_message(code, decision.reason or "credentials refused")
+
+
+def check(
+    ctx: CoapContext, principal: Principal, action: str, topic: str, payload: bytes = b""
+) -> aiocoap.Message | None:
+    """:func:`authorize` without the coroutine (the checks are inline grant methods, free of I/O)."""
+    grant = principal.grant
+    if grant is None:
+        ctx.count_refusal("connect")
+        return refusal_message(Code.UNAUTHORIZED, "revoked")
+    chain = ctx.chain
+    if action == "publish":
+        if not grant.auth_publish(topic, payload):
+            ctx.count_refusal("publish")
+            return refusal_message(Code.FORBIDDEN, f"not allowed: {topic}")
+        if chain.wants_publish:
+            ctx.host.to_hub(chain.on_publish, principal.session, topic, payload)
+        return None
+    if action == "subscribe":
+        if not grant.auth_subscribe(topic):
+            ctx.count_refusal("subscribe")
+            return refusal_message(Code.FORBIDDEN, f"not allowed: {topic}")
+        if chain.wants_subscribe:
+            ctx.host.to_hub(chain.on_subscribe, principal.session, [topic])
+        return None
+    if action == "unsubscribe":
+        if not grant.auth_unsubscribe(topic):
+            return refusal_message(Code.FORBIDDEN, f"not allowed: {topic}")
+        return None
+    raise ValueError(f"unknown action {action!r}")
+
+
+async def authorize(
+    ctx: CoapContext, principal: Principal, action: str, topic: str, payload: bytes = b""
+) -> aiocoap.Message | None:
+    """None when ``principal`` may do ``action`` on ``topic`` (``on_publish`` / ``on_subscribe`` are
+    told), else the 4.03 (4.01 once revoked) to answer with."""
+    return check(ctx, principal, action, topic, payload)
+
+
+def notify_unsubscribe(ctx: CoapContext, principal: Principal, topic_filter: str) -> None:
+    """An observation ended (deregistered, no longer acknowledged, or the listener stopped)."""
+    if ctx.chain.wants_unsubscribe:
+        ctx.host.to_hub(ctx.chain.on_unsubscribe, principal.session, [topic_filter])

@@ -1,0 +1,237 @@
+"""The ``coap`` listener actor: an aiocoap server (UDP) on the process's one shared asyncio loop, in front
+of a CoAP server (proxy mode, ``target = "coap://..."``: ``proxy.build_site``) or turning requests into
+MQTT publishes and Observe into MQTT subscriptions of the bridge (``target = "mqtt"``: ``mqtt_site``).
+
+The actor lives among the greenlets; aiocoap lives on the asyncio loop of a ``HostLease``. The actor only
+starts and stops the aiocoap context (``AsyncioHost.run``) and hands the bridge's port over
+(``call_soon``); requests never pass through the actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import logging
+from typing import Any
+
+import aiocoap
+import pykka
+from loguru import logger
+
+from ferryman.actors.asyncio_host import HostLease
+from ferryman.actors.contracts import Message, Refusal
+from ferryman.actors.gateway import GatewayError
+from ferryman.actors.handler import HandlerChain
+from ferryman.actors.metrics import Metrics
+from ferryman.actors.router import Router
+
+from .context import CoapContext
+from .dtls import dtls_problems
+from .publish import ATTACH, MqttPort
+
+__all__ = ["CoapListener"]
+
+_PROXY_MODULE = "ferryman.protocols.coap.proxy"
+_SWEEP_EVERY = 10.0
+_AIOCOAP_LOGGER = "ferryman.coap.aiocoap"
+
+
+def _proxy_available() -> bool:
+    try:
+        return importlib.util.find_spec(_PROXY_MODULE) is not None
+    except ImportError:
+        return False
+
+
+class CoapListener(pykka.ThreadingActor):
+    """One ``[[listener]]`` with ``protocol = "coap"`` (UDP; DTLS with ``[listener.tls]``: see dtls.py)."""
+
+    @classmethod
+    def validate_settings(cls, settings: Any) -> list[str]:
+        """What this listener cannot do with these settings (checked by the Gateway and `ferryman check`).
+        Publish mode also needs ``[bridge.mqtt]``: the settings loader refuses it without."""
+        problems: list[str] = []
+        target = settings.parsed_target
+        if target.scheme not in ("coap", "coaps", "mqtt"):
+            problems.append(
+                f"target scheme {target.scheme!r}: a coap listener forwards to coap:// (proxy mode) "
+                'or publishes to MQTT (target = "mqtt")'
+            )
+        elif target.scheme == "coaps":
+            problems.append("target scheme 'coaps': DTLS towards the target is not available; use coap://")
+        elif target.scheme == "coap" and not _proxy_available():
+            problems.append("proxy mode (target = coap://...) is not available in this version")
+        if settings.tls is not None:
+            problems.extend(dtls_problems(settings.tls))
+        if settings.path_prefix:
+            problems.append("path_prefix is for mqtt-ws and http listeners")
+        return problems
+
+    def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
+        super().__init__()
+        self.settings = settings
+        target = settings.parsed_target
+        self.router: pykka.ActorRef[Any] | None = None
+        if target.is_publish:
+            self.router = _router_of(chain)
+            kinds = self.router.proxy().kinds().get(timeout=5) if self.router is not None else {}
+            if not kinds.get(ATTACH):
+                raise GatewayError(
+                    f'listener {settings.name!r}: publish mode (target = "mqtt") needs the bridge\'s MQTT '
+                    "session: add a [bridge.mqtt] table"
+                )
+        self.lease = HostLease()
+        self.host = self.lease.host
+        self.ctx = CoapContext(settings, chain, metrics, self.host, secure=settings.tls is not None)
+        self.site: Any
+        if target.is_publish:
+            from .mqtt_site import PublishSite
+
+            self.site = PublishSite(self.ctx)
+        else:
+            proxy = importlib.import_module(_PROXY_MODULE)
+            self.site = proxy.build_site(self.ctx)
+        self.context: aiocoap.Context | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        try:
+            self.context, self.address = self.host.run(self._serve(), timeout=10)
+        except BaseException:
+            self.lease.stop()
+            raise
+
+    async def _serve(self) -> tuple[aiocoap.Context, tuple[str, int]]:
+        bind = (self.settings.host, self.settings.port)
+        # aiocoap warns once per unparsable or misfit datagram: garbage would flood the log (and stdlib
+        # logging's locks are gevent's in this thread). Errors still show.
+        logging.getLogger(_AIOCOAP_LOGGER).setLevel(logging.ERROR)
+        context = await aiocoap.Context.create_server_context(
+            self.site, bind=bind, transports=["udp6"], loggername=_AIOCOAP_LOGGER
+        )
+        _guard_decoding(context, self.ctx)
+        self._schedule_sweep()
+        return context, _bound_address(context, bind)
+
+    def _schedule_sweep(self) -> None:  # asyncio thread
+        if self.ctx.stopping:
+            return
+        self.ctx.auth.sweep()
+        self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_EVERY, self._schedule_sweep)
+
+    def on_start(self) -> None:
+        if self.router is not None:
+            # The bridge answers with attach_port (see publish.py): one Router hop, not one per request.
+            self.router.proxy().route.defer(
+                Message(kind=ATTACH, topic=self.settings.name, source=self.actor_urn)
+            )
+        logger.info(
+            "listener {!r}: coap on {}:{} -> {}", self.settings.name, *self.address, self.settings.target
+        )
+
+    def attach_port(self, port: MqttPort) -> None:
+        attach = getattr(self.site, "attach", None)
+        if attach is not None:
+            self.host.call_soon(attach, port)
+        logger.info("listener {!r}: publishing through the bridge's MQTT session", self.settings.name)
+
+    def bound_address(self) -> tuple[str, int]:
+        return self.address
+
+    def stop_accepting(self) -> None:
+        self.ctx.stopping = True  # read in the asyncio thread: new requests get 5.03
+
+    def close_all(self, refusal: Refusal, drain: float = 0.0) -> int:
+        """Ends every observation (a last 5.03 notification) and forgets the remembered sessions."""
+        if not self.host.running:
+            return 0
+        try:
+            return self.host.run(self._close_all(refusal), timeout=max(drain, 1.0))
+        except TimeoutError:
+            return 0
+
+    async def _close_all(self, refusal: Refusal) -> int:
+        self.ctx.stopping = True
+        count = int(getattr(self.site, "observations", 0))
+        stop = getattr(self.site, "stop", None)
+        if stop is not None:
+            stop()
+        await asyncio.sleep(0)  # let the observations send their last notification
+        self.ctx.auth.close(refusal.reason or "listener stopping")
+        return count
+
+    def on_stop(self) -> None:
+        self.ctx.stopping = True
+        try:
+            if self.host.running and self.context is not None:
+                self.host.run(self._shutdown(), timeout=5)
+        except Exception as exc:
+            logger.warning("listener {!r}: aiocoap shutdown: {}", self.settings.name, exc)
+        finally:
+            self.context = None
+            self.lease.stop()
+
+    async def _shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        stop = getattr(self.site, "stop", None)
+        if stop is not None:
+            stop()
+        self.ctx.auth.close("listener stopped")
+        if self.context is not None:
+            await self.context.shutdown()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        logger.opt(exception=(exception_type, exception_value, traceback)).error(
+            "listener {!r} failed", self.settings.name
+        )
+
+
+def _guard_decoding(context: aiocoap.Context, ctx: CoapContext) -> None:
+    """aiocoap 0.4.17 lets a datagram whose string option is not UTF-8 raise ``UnicodeDecodeError`` out of
+    ``datagram_msg_received`` (it catches ``UnparsableMessage`` only): asyncio logs a traceback per datagram.
+    Such datagrams are dropped here, counted in ``ctx.garbage``; dispatch errors are caught inside."""
+    for interface in getattr(context, "request_interfaces", ()):
+        message_interface = getattr(getattr(interface, "token_interface", None), "message_interface", None)
+        received = getattr(message_interface, "datagram_msg_received", None)
+        if received is None:
+            continue
+
+        def guarded(data: bytes, ancdata: Any, flags: int, address: Any, received: Any = received) -> None:
+            try:
+                received(data, ancdata, flags, address)
+            except Exception:
+                ctx.garbage += 1
+
+        message_interface.datagram_msg_received = guarded  # type: ignore[union-attr]
+
+
+def _bound_address(context: aiocoap.Context, bind: tuple[str, int]) -> tuple[str, int]:
+    """The UDP socket's address (the port the OS chose for port 0)."""
+    for interface in getattr(context, "request_interfaces", ()):
+        transport = getattr(
+            getattr(getattr(interface, "token_interface", None), "message_interface", None),
+            "_transport",
+            None,
+        )
+        if transport is None:
+            continue
+        sockname = transport.get_extra_info("sockname")
+        if sockname:
+            host = str(sockname[0])
+            if host.startswith("::ffff:"):
+                host = host[7:]
+            return host, int(sockname[1])
+    return bind
+
+
+def _router_of(chain: HandlerChain) -> pykka.ActorRef[Any] | None:
+    """The Gateway's Router: every handler actor is built with it (``HandlerActor.router``)."""
+    for ref in chain.refs:
+        try:
+            router = ref.proxy().router.get(timeout=5)
+        except Exception:
+            continue
+        if isinstance(router, pykka.ActorRef):
+            return router
+    routers = pykka.ActorRegistry.get_by_class(Router)
+    return routers[0] if len(routers) == 1 else None
