@@ -13,6 +13,8 @@ from ferryman.actors.asyncio_host import AsyncioHost
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 
+from .codec import FastPath
+
 if TYPE_CHECKING:
     from .auth import AuthCache
 
@@ -34,6 +36,8 @@ class CoapContext:
     stopping: bool = False
     #: Datagrams dropped because aiocoap could not decode them (asyncio thread).
     garbage: int = 0
+    #: The site's fast path (codec.FastPath): datagrams it takes never reach aiocoap.
+    fast_path: FastPath | None = None
 
     def __post_init__(self) -> None:
         from .auth import AuthCache

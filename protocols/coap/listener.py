@@ -187,7 +187,10 @@ class CoapListener(pykka.ThreadingActor):
 
 
 def _guard_decoding(context: aiocoap.Context, ctx: CoapContext) -> None:
-    """aiocoap 0.4.17 lets a datagram whose string option is not UTF-8 raise ``UnicodeDecodeError`` out of
+    """Every datagram passes here first, in the asyncio thread. The site's fast path (``ctx.fast_path``, see
+    codec.py) may take it whole; the rest goes to aiocoap.
+
+    aiocoap 0.4.17 lets a datagram whose string option is not UTF-8 raise ``UnicodeDecodeError`` out of
     ``datagram_msg_received`` (it catches ``UnparsableMessage`` only): asyncio logs a traceback per datagram.
     Such datagrams are dropped here, counted in ``ctx.garbage``; dispatch errors are caught inside."""
     for interface in getattr(context, "request_interfaces", ()):
@@ -196,13 +199,31 @@ def _guard_decoding(context: aiocoap.Context, ctx: CoapContext) -> None:
         if received is None:
             continue
 
-        def guarded(data: bytes, ancdata: Any, flags: int, address: Any, received: Any = received) -> None:
+        def guarded(
+            data: bytes,
+            ancdata: Any,
+            flags: int,
+            address: Any,
+            received: Any = received,
+            mi: Any = message_interface,
+        ) -> None:
+            fast = ctx.fast_path
+            if fast is not None:
+                transport = mi.transport
+
+                def reply(out: bytes) -> None:
+                    transport.sendmsg(out, ancdata, 0, address)  # ancdata: the pktinfo we were reached on
+
+                try:
+                    if fast(data, address, reply):
+                        return
+                except Exception as exc:  # a bug must cost this datagram, never the listener
+                    ctx.log("error", "coap fast path failed on a datagram from {}: {!r}", address, exc)
+                    return
             try:
                 received(data, ancdata, flags, address)
             except Exception:
                 ctx.garbage += 1
-
-        message_interface.datagram_msg_received = guarded  # type: ignore[union-attr]
 
 
 def _bound_address(context: aiocoap.Context, bind: tuple[str, int]) -> tuple[str, int]:
