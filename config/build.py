@@ -8,7 +8,7 @@ import re
 
 from .errors import format_key_path
 from .network import PUBLISH_TARGET, SCHEMES_BY_PROTOCOL, parse_address, parse_target
-from .reader import TableReader
+from .reader import TableReader, describe
 from .schema import (
     AuthSettings,
     BridgeMqttSettings,
@@ -38,6 +38,7 @@ REFUSED_PUBLISH_V3 = ("ack", "disconnect")
 XMPP_MODES = ("component", "client")
 BRIDGE_MQTT_SCHEMES = ("tcp", "tls", "ws", "wss")
 PATH_PREFIX_PROTOCOLS = ("mqtt-ws", "http")
+PSK_PROTOCOLS = ("coap",)
 SECURE_TARGET_SCHEMES = ("tls", "wss", "https", "coaps")
 MIN_PACKET_SIZE, MAX_PACKET_SIZE = 16, 268435460  # MQTT: fixed header + the largest Remaining Length
 
@@ -108,6 +109,7 @@ def _listener(r: TableReader) -> ListenerSettings:
     if path_prefix and protocol in PROTOCOLS and protocol not in PATH_PREFIX_PROTOCOLS:
         r.report("path_prefix", f"only {' and '.join(PATH_PREFIX_PROTOCOLS)} listeners take a path prefix")
     tls = r.table("tls")
+    psk = _psk(r, protocol)
     target_tls = r.table("target_tls")
     if target_tls is not None and target:
         try:
@@ -132,6 +134,7 @@ def _listener(r: TableReader) -> ListenerSettings:
         target=target,
         path_prefix=path_prefix,
         tls=_tls(tls) if tls is not None else None,
+        psk=psk,
         target_tls=_target_tls(target_tls) if target_tls is not None else None,
         allowed_origins=allowed_origins,
         bypass=bypass,
@@ -148,6 +151,26 @@ def _listener(r: TableReader) -> ListenerSettings:
         rate_limit_action=r.string("rate_limit_action", "throttle", RATE_LIMIT_ACTIONS),
         socket_buffer=r.integer("socket_buffer", 0, 0, 64 * 1024 * 1024),
     )
+
+
+def _psk(r: TableReader, protocol: str) -> dict[str, str]:
+    """``[listener.psk]``: DTLS identity -> pre-shared key, both non-empty strings; coap listeners only.
+    (What the DTLS backend can take, e.g. lengths, is the listener's ``validate_settings``.)"""
+    table = r.free("psk")
+    psk: dict[str, str] = {}
+    for identity, key in table.items():
+        where = (*r.path, "psk", identity)
+        if not identity:
+            r.ctx.report(where, "an identity must not be empty")
+        elif not isinstance(key, str):
+            r.ctx.report(where, f"expected a string (the pre-shared key), got {describe(key)}")
+        elif not key:
+            r.ctx.report(where, "the pre-shared key must not be empty")
+        else:
+            psk[identity] = key
+    if table and protocol in PROTOCOLS and protocol not in PSK_PROTOCOLS:
+        r.report("psk", "pre-shared keys are for coap listeners (DTLS)")
+    return psk
 
 
 def _check_target(r: TableReader, protocol: str, target: str) -> None:

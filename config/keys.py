@@ -67,6 +67,7 @@ _LISTENER = Table(
         "target": Kind.STR,
         "path_prefix": Kind.STR,
         "tls": _TLS,
+        "psk": Kind.FREE,  # coap: DTLS pre-shared keys, identity = "key"
         "target_tls": _TARGET_TLS,
         "allowed_origins": Kind.STRS,
         "bypass": Kind.STRS,

@@ -5,21 +5,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MASK", "SECRET_FIELDS", "is_secret_key", "mask_secrets"]
+__all__ = ["MASK", "SECRET_FIELDS", "SECRET_TABLES", "is_secret_key", "mask_secret_table", "mask_secrets"]
 
 MASK = "****"
 
 # Fields of the typed settings that hold secrets. (key_file is a path, not a secret: it stays visible.)
 SECRET_FIELDS = frozenset({"password", "password_hash", "secret"})
 
+# Free-form tables of the typed settings whose every value is a secret (their keys stay visible): a coap
+# listener's [listener.psk] maps DTLS identities to pre-shared keys.
+SECRET_TABLES = frozenset({"psk"})
+
 # In free-form tables (handler options) any key containing one of these words is a secret.
-_SECRET_WORDS = ("password", "secret", "token", "key")
+_SECRET_WORDS = ("password", "secret", "token", "key", "psk")
 
 
 def is_secret_key(key: str) -> bool:
     """True for keys of free-form tables whose values must be masked (``api_key``, ``Token``, ...)."""
     lowered = key.lower()
     return any(word in lowered for word in _SECRET_WORDS)
+
+
+def mask_secret_table(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a :data:`SECRET_TABLES` table: the keys (identities) kept, every value ``"****"``."""
+    return {key: MASK for key in mapping}
 
 
 def mask_secrets(mapping: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from .frozen import thaw
-from .masking import MASK, SECRET_FIELDS, mask_secrets
+from .masking import MASK, SECRET_FIELDS, SECRET_TABLES, mask_secret_table, mask_secrets
 from .schema import Settings
 from .toml_writer import dumps
 
@@ -38,6 +38,8 @@ def _to_dict(obj: Any, mask: bool) -> dict[str, Any]:
             continue
         if mask and f.name in SECRET_FIELDS and value:
             value = MASK
+        elif mask and f.name in SECRET_TABLES:
+            value = mask_secret_table(value)
         elif mask and f.name == "options":
             value = mask_secrets(value)
         out[_TOML_KEYS.get(f.name, f.name)] = value

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .frozen import FrozenMap
-from .masking import MASK, SECRET_FIELDS, mask_secrets
+from .masking import MASK, SECRET_FIELDS, SECRET_TABLES, mask_secret_table, mask_secrets
 from .network import Target, parse_address, parse_target
 
 __all__ = [
@@ -36,6 +36,8 @@ def _masked_repr(self: Any) -> str:
         value = getattr(self, f.name)
         if f.name in SECRET_FIELDS and value:
             text = repr(MASK)
+        elif f.name in SECRET_TABLES and isinstance(value, Mapping):
+            text = repr(mask_secret_table(value))
         elif isinstance(value, Mapping):
             text = repr(mask_secrets(value))
         else:
@@ -105,6 +107,8 @@ class ListenerSettings:
     target: str  # scheme://host:port[/path], or "mqtt" (publish mode) for http and coap
     path_prefix: str = ""  # mqtt-ws and http
     tls: TlsSettings | None = None
+    #: coap: DTLS (coaps) with pre-shared keys, PSK identity -> key (UTF-8); secrets: masked when printed
+    psk: Mapping[str, str] = field(default_factory=FrozenMap)
     target_tls: TargetTlsSettings | None = None  # for tls:// wss:// https:// targets
     allowed_origins: tuple[str, ...] = ()  # mqtt-ws: Origin values accepted; empty = any (and none)
     bypass: tuple[str, ...] = ()  # http reverse proxy: path prefixes forwarded without credentials
@@ -120,6 +124,12 @@ class ListenerSettings:
     publish_bytes_rate: float = 0.0  # bytes/s of client packets per connection; 0 = unlimited
     rate_limit_action: str = "throttle"  # throttle (stop reading: TCP backpressure) | disconnect (5.0: 0x96)
     socket_buffer: int = 0  # SO_SNDBUF/SO_RCVBUF of device sockets, bytes; 0 = the OS default
+
+    __repr__ = _masked_repr
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.psk, FrozenMap):
+            object.__setattr__(self, "psk", FrozenMap(self.psk))
 
     @property
     def host(self) -> str:

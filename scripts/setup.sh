@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(mosquitto mosquitto-clients curl prosody libcoap3-bin)
+# DTLSSocket (tinydtls, aiocoap's DTLS server: coaps with pre-shared keys) is a source distribution: its build
+# runs tinydtls's autogen.sh (autoreconf: autoconf, automake, libtool, pkg-config's macros) and compiles C.
+DEBS+=(autoconf automake libtool pkg-config gcc libc6-dev make python3-dev)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

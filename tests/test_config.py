@@ -657,3 +657,55 @@ def test_target_helpers() -> None:
         parse_target("ws://b", ("tcp", "tls"))
     assert parse_address("[::1]:1884") == ("::1", 1884)
     assert parse_address("localhost:1") == ("localhost", 1)
+
+
+# -- [listener.psk]: DTLS pre-shared keys of a coap listener ----------------------------------------------
+
+PSK_LISTENER = """
+[[listener]]
+name = "coaps"
+protocol = "{protocol}"
+address = "127.0.0.1:5684"
+target = "{target}"
+[listener.psk]
+{psk}
+[bridge.mqtt]
+"""
+
+
+def test_psk_table(tmp_path: Path) -> None:
+    from ferryman.config import render_settings, settings_to_dict
+
+    text = PSK_LISTENER.format(protocol="coap", target="mqtt", psk='sensor-17 = "k17"\n"dev é" = "k2"')
+    env = {"FERRYMAN_LISTENER__0__PSK__sensor-18": "k18"}
+    settings = load_settings(write(tmp_path, text), env=env)
+    (listener,) = settings.listeners
+    assert dict(listener.psk) == {"sensor-17": "k17", "dev é": "k2", "sensor-18": "k18"}
+    assert hash(listener) == hash(listener)  # still frozen and hashable
+    assert ListenerSettings("a", "coap", "127.0.0.1:1", "mqtt").psk == {}
+    # Keys are secrets: identities stay visible, keys are masked wherever settings are printed.
+    for shown in (repr(listener), repr(settings), render_settings(settings)):
+        assert "sensor-17" in shown and "k17" not in shown and "k18" not in shown and "k2" not in shown
+    assert settings_to_dict(settings)["listener"][0]["psk"] == {
+        "sensor-17": "****",
+        "dev é": "****",
+        "sensor-18": "****",
+    }
+    assert settings_to_dict(settings, mask=False)["listener"][0]["psk"]["sensor-17"] == "k17"
+
+
+def test_psk_validation(tmp_path: Path) -> None:
+    text = PSK_LISTENER.format(
+        protocol="coap", target="mqtt", psk='"" = "k"\nnumber = 3\nempty = ""\nok = "k"'
+    )
+    assert issues(write(tmp_path, text)) == [
+        ('listener[0].psk.""', "an identity must not be empty"),
+        ("listener[0].psk.number", "expected a string (the pre-shared key), got an integer (3)"),
+        ("listener[0].psk.empty", "the pre-shared key must not be empty"),
+    ]
+    text = PSK_LISTENER.format(protocol="mqtt", target="tcp://127.0.0.1:1883", psk='a = "k"')
+    assert issues(write(tmp_path, text)) == [
+        ("listener[0].psk", "pre-shared keys are for coap listeners (DTLS)")
+    ]
+    text = PSK_LISTENER.format(protocol="coap", target="mqtt", psk="").replace("[listener.psk]", "psk = 1")
+    assert paths(write(tmp_path, text)) == ["listener[0].psk"]

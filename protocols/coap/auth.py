@@ -102,8 +102,16 @@ def credentials_of(request: aiocoap.Message) -> Credentials | None:
 
 
 def _dtls_identity(request: aiocoap.Message) -> str | None:
-    """The identity a DTLS transport authenticated (PSK identity or certificate), or None."""
-    claims = getattr(request.remote, "authenticated_claims", None) or ()
+    """The identity a DTLS transport authenticated, or None (plain coap).
+
+    aiocoap's tinydtls_server puts ``authenticated_claims = [<name>]`` on the request's remote: the name of
+    the server-credentials entry whose pre-shared key the handshake used (None before the handshake). The
+    listener names each entry after its PSK identity (dtls.py, ``psk_credentials``), so the claim is the
+    identity. Claims of other layers (OSCORE) are not DTLS identities: only a ``coaps`` remote counts."""
+    remote = request.remote
+    if getattr(remote, "scheme", None) != "coaps":
+        return None
+    claims = getattr(remote, "authenticated_claims", None) or ()
     for claim in claims:
         if claim is None:
             continue
@@ -241,6 +249,20 @@ class AuthCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def lookup(self, remote: tuple[str, int], creds: Credentials) -> Entry | None:
+        """:meth:`decide` when the decision is remembered (a hit: the same bookkeeping, no coroutine), else
+        None: then ``await decide(...)`` asks the chain (or drops the expired / revoked entry first)."""
+        key = (remote, creds)
+        entry = self._entries.get(key)
+        if entry is None or entry.revoked:
+            return None
+        now = time.monotonic()
+        if entry.expires > now or entry.watchers:
+            entry.expires = now + self.ttl
+            self._entries.move_to_end(key)
+            return entry
+        return None
 
     async def decide(self, remote: tuple[str, int], creds: Credentials) -> Entry:
         key = (remote, creds)

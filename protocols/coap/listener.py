@@ -27,7 +27,7 @@ from ferryman.actors.metrics import Metrics
 from ferryman.actors.router import Router
 
 from .context import CoapContext
-from .dtls import dtls_problems
+from .dtls import dtls_bind, dtls_problems, harden, psk_credentials, psk_problems
 from .publish import ATTACH, MqttPort
 
 __all__ = ["CoapListener"]
@@ -45,7 +45,8 @@ def _proxy_available() -> bool:
 
 
 class CoapListener(pykka.ThreadingActor):
-    """One ``[[listener]]`` with ``protocol = "coap"`` (UDP; DTLS with ``[listener.tls]``: see dtls.py)."""
+    """One ``[[listener]]`` with ``protocol = "coap"``: UDP, or DTLS with pre-shared keys (``coaps``) when it
+    has ``[listener.psk]`` (see dtls.py)."""
 
     @classmethod
     def validate_settings(cls, settings: Any) -> list[str]:
@@ -64,6 +65,7 @@ class CoapListener(pykka.ThreadingActor):
             problems.append("proxy mode (target = coap://...) is not available in this version")
         if settings.tls is not None:
             problems.extend(dtls_problems(settings.tls))
+        problems.extend(psk_problems(settings))
         if settings.path_prefix:
             problems.append("path_prefix is for mqtt-ws and http listeners")
         return problems
@@ -83,7 +85,8 @@ class CoapListener(pykka.ThreadingActor):
                 )
         self.lease = HostLease()
         self.host = self.lease.host
-        self.ctx = CoapContext(settings, chain, metrics, self.host, secure=settings.tls is not None)
+        self.dtls = bool(settings.psk)
+        self.ctx = CoapContext(settings, chain, metrics, self.host, secure=self.dtls)
         self.site: Any
         if target.is_publish:
             from .mqtt_site import PublishSite
@@ -105,10 +108,24 @@ class CoapListener(pykka.ThreadingActor):
         # aiocoap warns once per unparsable or misfit datagram: garbage would flood the log (and stdlib
         # logging's locks are gevent's in this thread). Errors still show.
         logging.getLogger(_AIOCOAP_LOGGER).setLevel(logging.ERROR)
-        context = await aiocoap.Context.create_server_context(
-            self.site, bind=bind, transports=["udp6"], loggername=_AIOCOAP_LOGGER
-        )
-        _guard_decoding(context, self.ctx)
+        if self.dtls:
+            # coaps: aiocoap's tinydtls_server (pre-shared keys), bound to the listener's one address. The
+            # credentials are read per handshake, so loading them right after binding is in time.
+            context = await aiocoap.Context.create_server_context(
+                self.site,
+                bind=dtls_bind(*bind),
+                transports=["tinydtls_server"],
+                loggername=_AIOCOAP_LOGGER,
+            )
+            context.server_credentials.load_from_dict(psk_credentials(self.settings.psk))
+            if not harden(context):
+                await context.shutdown()
+                raise GatewayError(f"listener {self.settings.name!r}: aiocoap started no DTLS server")
+        else:
+            context = await aiocoap.Context.create_server_context(
+                self.site, bind=bind, transports=["udp6"], loggername=_AIOCOAP_LOGGER
+            )
+            _guard_decoding(context, self.ctx)
         self._schedule_sweep()
         return context, _bound_address(context, bind)
 
@@ -125,7 +142,11 @@ class CoapListener(pykka.ThreadingActor):
                 Message(kind=ATTACH, topic=self.settings.name, source=self.actor_urn)
             )
         logger.info(
-            "listener {!r}: coap on {}:{} -> {}", self.settings.name, *self.address, self.settings.target
+            "listener {!r}: {} on {}:{} -> {}",
+            self.settings.name,
+            "coaps (DTLS, pre-shared keys)" if self.dtls else "coap",
+            *self.address,
+            self.settings.target,
         )
 
     def attach_port(self, port: MqttPort) -> None:
@@ -173,8 +194,11 @@ class CoapListener(pykka.ThreadingActor):
     async def _shutdown(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        shutdown = getattr(self.site, "shutdown", None)  # proxy mode: waits for its upstream context
         stop = getattr(self.site, "stop", None)
-        if stop is not None:
+        if shutdown is not None:
+            await shutdown()
+        elif stop is not None:
             stop()
         self.ctx.auth.close("listener stopped")
         if self.context is not None:
@@ -225,15 +249,16 @@ def _guard_decoding(context: aiocoap.Context, ctx: CoapContext) -> None:
             except Exception:
                 ctx.garbage += 1
 
+        message_interface.datagram_msg_received = guarded  # type: ignore[union-attr]
+
 
 def _bound_address(context: aiocoap.Context, bind: tuple[str, int]) -> tuple[str, int]:
     """The UDP socket's address (the port the OS chose for port 0)."""
     for interface in getattr(context, "request_interfaces", ()):
-        transport = getattr(
-            getattr(getattr(interface, "token_interface", None), "message_interface", None),
-            "_transport",
-            None,
-        )
+        message_interface = getattr(getattr(interface, "token_interface", None), "message_interface", None)
+        transport = getattr(message_interface, "_transport", None)
+        if transport is None:  # tinydtls_server: the socket is its pool's
+            transport = getattr(getattr(message_interface, "_pool", None), "_transport", None)
         if transport is None:
             continue
         sockname = transport.get_extra_info("sockname")
