@@ -38,7 +38,7 @@ class MqttCoapPort:
 
     def __init__(self, mqtt: pykka.ActorRef[Any], bridge: pykka.ActorRef[Any], timeout: float = 5.0) -> None:
         self._publisher = MqttPublisher(mqtt, timeout)
-        self._publish_async = mqtt.proxy().publish_async
+        self._publish_many = mqtt.proxy().publish_many  # built once: proxies introspect the actor
         bridge_proxy = bridge.proxy()
         self._add = bridge_proxy.add_receiver
         self._remove = bridge_proxy.remove_receiver
@@ -48,25 +48,14 @@ class MqttCoapPort:
         return self._publisher.publish(topic, payload, qos, retain)
 
     def publish_many(self, items: list[tuple[str, bytes, int, bool]]) -> list[Delivery]:
-        """Queues every publish on the MQTT session first, then collects the deliveries: one wake-up of
-        the session actor for the lot instead of one ask round trip each."""
-        futures = []
-        for topic, payload, qos, retain in items:
-            try:
-                futures.append(self._publish_async(topic, payload, qos, retain))
-            except pykka.ActorDeadError:
-                futures.append(None)
-        out = []
-        for future in futures:
-            if future is None:
-                out.append(Delivery.failed("the bridge's MQTT session is not running"))
-                continue
-            try:
-                out.append(future.get(timeout=self.timeout))
-            except pykka.ActorDeadError:
-                out.append(Delivery.failed("the bridge's MQTT session is not running"))
-            except pykka.Timeout:
-                out.append(Delivery.failed("the bridge's MQTT session did not answer"))
+        """Queues every publish on the MQTT session in one actor message (``MqttClientActor.publish_many``)
+        and returns their deliveries: one wake-up of the session actor and of paho's loop for the lot."""
+        try:
+            out: list[Delivery] = self._publish_many(items).get(timeout=self.timeout)
+        except pykka.ActorDeadError:
+            return [Delivery.failed("the bridge's MQTT session is not running")] * len(items)
+        except pykka.Timeout:
+            return [Delivery.failed("the bridge's MQTT session did not answer")] * len(items)
         return out
 
     def subscribe(self, topic_filter: str, deliver: Deliver, timeout: float) -> tuple[int, bool]:

@@ -12,14 +12,15 @@
   listener stops (5.03 as the last notification).
 - Plain GET (no Observe), DELETE and others: 4.05 Method Not Allowed (publish mode keeps no state to read).
 
-Credentials and authorization: ``auth.py``. Requests run on the asyncio loop; the MQTT session is reached
-in the hub (``AsyncioHost.in_hub``).
+Plain POST / PUT requests (no Block1, no unusual options, up to 1 KiB) take a fast path that skips aiocoap
+and gives the same answers: ``fast_publish.py``. Credentials and authorization: ``auth.py``. Requests run
+on the asyncio loop; the MQTT session is reached in the hub (``AsyncioHost.in_hub``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import aiocoap
 import aiocoap.error
@@ -32,6 +33,7 @@ from ferryman.actors.topics import topic_name_error
 
 from .auth import Principal, authenticate, check, notify_unsubscribe, refusal_message, topic_of
 from .context import CoapContext
+from .fast_publish import FastPublish
 from .publish import MqttPort
 from .pump import PublishPump
 
@@ -51,6 +53,11 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
         self.observations = 0
         self.pump = PublishPump(ctx.host, ctx.timeout)
         self._stop_waiters: set[asyncio.Future[None]] = set()
+        self.fast: FastPublish | None = None
+        if not ctx.secure:  # a DTLS listener's datagrams are not plain CoAP
+            # Plain POST / PUT requests skip aiocoap (fast_publish.py); everything else still reaches it.
+            self.fast = FastPublish(self)
+            ctx.fast_path = self.fast
 
     # -- wiring (asyncio thread) -----------------------------------------------------------------------
     def attach(self, port: MqttPort) -> None:
@@ -111,7 +118,7 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
             return refusal_message(
                 Code.REQUEST_ENTITY_TOO_LARGE, f"over {ctx.settings.max_packet_size} bytes"
             )
-        options = _options(request, ctx.settings.publish_qos)
+        options = _query_options(request.opt.uri_query, ctx.settings.publish_qos)
         if isinstance(options, aiocoap.Message):
             return options
         qos, retain = options
@@ -260,9 +267,10 @@ def _valid_filter(topic_filter: str) -> bool:
     return "\x00" not in topic_filter
 
 
-def _options(request: aiocoap.Message, default_qos: int) -> tuple[int, bool] | aiocoap.Message:
+def _query_options(queries: Iterable[str], default_qos: int) -> tuple[int, bool] | aiocoap.Message:
+    """(qos, retain) from the Uri-Query values, or the 4.00 to answer."""
     qos, retain = default_qos, False
-    for query in request.opt.uri_query:
+    for query in queries:
         key, _, value = query.partition("=")
         if key == "qos":
             if value not in ("0", "1", "2"):

@@ -3,13 +3,20 @@
 One request = one crossing each way would cost a ``gevent.spawn``, a wake-up of the hub and one of the
 asyncio loop per request (bench/coap_publish.py). The pump collects the publishes that arrive while the hub
 is busy, hands them over with one ``to_hub``, queues them all on the bridge's MQTT session
-(``MqttPort.publish_many``), waits for their acknowledgements in one greenlet, and answers every waiting
-request with one ``call_soon_threadsafe``. Order is kept: publishes reach the MQTT session in arrival order.
+(``MqttPort.publish_many``: one actor message for the lot), waits for their acknowledgements in one
+greenlet, and answers every waiting request with one ``call_soon_threadsafe``. Order is kept: publishes
+reach the MQTT session in arrival order (the batches' greenlets start in hand-over order and each queues
+its whole batch before it first waits).
+
+Two entry points, both in the asyncio thread: ``await publish(...)`` (aiocoap's request path) and
+``submit(..., done)`` (the fast path: a plain callback, no future and no task per request).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -21,43 +28,65 @@ from .publish import MqttPort
 __all__ = ["PublishPump"]
 
 Item = tuple[str, bytes, int, bool]
+#: Called in the asyncio thread with None once the MQTT session took the message, else why not.
+Done = Callable[[str | None], None]
 
 #: At most this many publishes per crossing (bounds the wait of the first one on the last one's PUBACK).
-_BATCH = 64
+_BATCH = 128
+#: Batches in the hub at once: the next batch is queued on the MQTT session while the previous one waits
+#: for its acknowledgements.
+_IN_FLIGHT = 2
 
 
 class PublishPump:
-    """Owned by one site; ``publish`` is called in the asyncio thread."""
+    """Owned by one site; ``publish`` and ``submit`` are called in the asyncio thread."""
 
     def __init__(self, host: AsyncioHost, timeout: float) -> None:
         self.host = host
         self.timeout = timeout
-        self._queue: list[tuple[Item, asyncio.Future[str | None]]] = []
-        self._in_flight = False  # a batch is in the hub: later publishes wait for the next one
+        self._items: list[Item] = []
+        self._dones: list[Done] = []
+        self._in_flight = 0  # batches in the hub
+        self._scheduled = False  # a hand-over is scheduled at the end of this loop iteration
 
     async def publish(self, port: MqttPort, topic: str, payload: bytes, qos: int, retain: bool) -> str | None:
         """None once the bridge's MQTT session took the message, else why not."""
         future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(((topic, payload, qos, retain), future))
-        if not self._in_flight:
-            self._send(port)
+
+        def done(result: str | None) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        self.submit(port, (topic, payload, qos, retain), done)
         return await future
 
-    def _send(self, port: MqttPort) -> None:  # asyncio thread
-        batch, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
-        if not batch:
-            return
-        self._in_flight = True
-        loop = asyncio.get_running_loop()
-        items = [item for item, _ in batch]
-        futures = [future for _, future in batch]
+    def submit(self, port: MqttPort, item: Item, done: Done) -> None:
+        """Queues ``item``; ``done(result)`` is called later in the asyncio thread."""
+        self._items.append(item)
+        self._dones.append(done)
+        if self._in_flight < _IN_FLIGHT and not self._scheduled:
+            # Hand over after the datagrams the loop has already read in this iteration: one crossing for
+            # all of them instead of one for the first and one for the rest.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._send, port)
 
-        def done(results: list[str | None]) -> None:  # asyncio thread
-            for future, result in zip(futures, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-            self._in_flight = False
-            if self._queue:
+    def _send(self, port: MqttPort) -> None:  # asyncio thread
+        self._scheduled = False
+        if not self._items or self._in_flight >= _IN_FLIGHT:
+            return
+        items, dones = self._items[:_BATCH], self._dones[:_BATCH]
+        del self._items[:_BATCH], self._dones[:_BATCH]
+        self._in_flight += 1
+        loop = asyncio.get_running_loop()
+
+        def finished(results: list[str | None]) -> None:  # asyncio thread
+            self._in_flight -= 1
+            for done, result in zip(dones, results, strict=True):
+                try:
+                    done(result)
+                except Exception as exc:  # one bad callback must not strand the others
+                    loop.call_exception_handler({"message": "coap publish callback failed", "exception": exc})
+            if self._items and not self._scheduled:
                 self._send(port)
 
         def work() -> None:  # a greenlet of the hub
@@ -65,17 +94,20 @@ class PublishPump:
                 results = _publish_all(port, items, self.timeout)
             except Exception as exc:
                 results = [f"publish failed: {exc!r}"] * len(items)
-            loop.call_soon_threadsafe(done, results)
+            loop.call_soon_threadsafe(finished, results)
 
         self.host.to_hub(gevent.spawn, work)
+        if self._items and self._in_flight < _IN_FLIGHT:
+            self._send(port)
 
 
 def _publish_all(port: MqttPort, items: list[Item], timeout: float) -> list[str | None]:
     many: Any = getattr(port, "publish_many", None)
     acks = many(items) if many is not None else [port.publish(*item) for item in items]
     results: list[str | None] = []
+    deadline = time.monotonic() + timeout  # one timeout for the batch, not one per message
     for ack in acks:
-        if ack.wait(timeout):
+        if ack.wait(max(0.0, deadline - time.monotonic())):
             results.append(None)
         else:
             results.append(ack.reason or f"not acknowledged within {timeout}s")

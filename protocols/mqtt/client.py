@@ -20,6 +20,9 @@ API (through ``MqttClientActor.start(...).proxy()``, or ``ask``/``tell`` of ``Ca
   within ``publish_timeout``. It blocks the actor while it waits: use ``publish_async`` for throughput.
 - ``publish_async(...) -> Delivery``: queues the message and returns at once; ``Delivery.wait(timeout)``
   returns the same bool ``publish`` would, from the caller's greenlet.
+- ``publish_many([(topic, payload, qos, retain), ...]) -> list[Delivery]``: ``publish_async`` for each, in
+  order, in one actor message (and one wake-up of paho's network loop, which then writes the batch with
+  as few socket writes as it can).
 - ``is_connected() -> bool``, ``filters() -> dict[str, int]`` (remembered filter -> QoS),
   ``connect_count() -> int`` (successful CONNACKs so far).
 
@@ -38,6 +41,7 @@ logged and swallowed. QoS 1 means at least once: a sink can see a message twice.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,6 +106,83 @@ class Delivery:
         return d
 
 
+#: At most this many bytes per coalesced socket write.
+_WRITE_CHUNK = 65536
+_PUBLISH, _DISCONNECT = int(paho.PUBLISH), int(paho.DISCONNECT)
+
+
+class _CoalescingClient(paho.Client):
+    """paho's client, writing the packets queued behind each other with one ``send`` instead of one each.
+
+    paho 2.x's ``_packet_write`` sends packet after packet: on loopback each TCP ``send`` also runs the
+    receiving side's stack, about a fifth of the gateway's core under CoAP -> MQTT load (bench/
+    coap_publish.py). This override joins the queued packets (up to ``_WRITE_CHUNK`` bytes, never past a
+    DISCONNECT) and keeps paho's bookkeeping: partial writes, QoS 0 ``on_publish`` and
+    ``MQTTMessageInfo.is_published``, the keepalive clock. A lone packet, or a DISCONNECT first in line,
+    takes paho's own path. Written against paho-mqtt 2.2 (pinned in pyproject.toml)."""
+
+    def _packet_write(self) -> MQTTErrorCode:
+        out = self._out_packet
+        while len(out) > 1 and out[0]["command"] & 0xF0 != _DISCONNECT:
+            batch = []
+            size = 0
+            while out and size < _WRITE_CHUNK and out[0]["command"] & 0xF0 != _DISCONNECT:
+                packet = out.popleft()
+                batch.append(packet)
+                size += packet["to_process"]
+            data = b"".join(bytes(p["packet"][p["pos"] :]) for p in batch)
+            try:
+                written = self._sock_send(data)
+            except (AttributeError, ValueError):
+                out.extendleft(reversed(batch))
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            except BlockingIOError:
+                out.extendleft(reversed(batch))
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError as err:
+                out.extendleft(reversed(batch))
+                self._easy_log(paho.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            sent = []
+            for i, packet in enumerate(batch):
+                take = min(written, packet["to_process"])
+                packet["pos"] += take
+                packet["to_process"] -= take
+                written -= take
+                if packet["to_process"]:
+                    out.extendleft(reversed(batch[i:]))
+                    break
+                sent.append(packet)
+            for packet in sent:
+                if packet["command"] & 0xF0 == _PUBLISH and packet["qos"] == 0:
+                    self._published_qos0(packet)
+            with self._msgtime_mutex:
+                self._last_msg_out = paho.time_func()
+            if len(sent) < len(batch):
+                return MQTTErrorCode.MQTT_ERR_SUCCESS  # the socket took part: the loop comes back
+        return super()._packet_write()
+
+    def _published_qos0(self, packet: Any) -> None:
+        """What paho's ``_packet_write`` does once a QoS 0 PUBLISH is written (callback API version 2)."""
+        with self._callback_mutex:
+            on_publish = self.on_publish
+        if on_publish:
+            with self._in_callback_mutex:
+                try:
+                    on_publish(  # type: ignore[call-arg]  # the version 2 signature (see __init__)
+                        self,
+                        self._userdata,
+                        packet["mid"],
+                        ReasonCode(PacketTypes.PUBACK),
+                        Properties(PacketTypes.PUBACK),  # type: ignore[no-untyped-call]
+                    )
+                except Exception as err:
+                    self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_publish: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
+        packet["info"]._set_as_published()
+
+
 def _failure(codes: list[ReasonCode]) -> str:
     bad = [str(c) for c in codes if c.is_failure]
     return ", ".join(bad)
@@ -142,7 +223,7 @@ class MqttClientActor(pykka.ThreadingActor):
         self._early: dict[int, tuple[bool, str]] = {}
         self._resubscribe_mids: set[int] = set()
 
-        c = paho.Client(
+        c = _CoalescingClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5,
@@ -250,6 +331,27 @@ class MqttClientActor(pykka.ThreadingActor):
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         return self.publish_async(topic, payload, qos, retain).wait(self.publish_timeout)
+
+    def publish_many(self, items: list[tuple[str, bytes, int, bool]]) -> list[Delivery]:
+        """``publish_async`` for each (topic, payload, qos, retain), in order: one actor message and one
+        wake-up of paho's network loop for the lot (paho writes one byte to its wake-up socket pair per
+        ``publish()``; here only the last one does), so the loop writes the batch in one go."""
+        client = self._client
+        wake = client._sockpairW
+        out: list[Delivery] = []
+        client._sockpairW = None  # restored below; nothing else runs meanwhile (no call here yields)
+        try:
+            for topic, payload, qos, retain in items:
+                try:
+                    out.append(self.publish_async(topic, payload, qos, retain))
+                except Exception as exc:  # e.g. a topic paho refuses: that message fails, not the batch
+                    out.append(Delivery.failed(f"publish failed: {exc}"))
+        finally:
+            client._sockpairW = wake
+        if wake is not None and items:
+            with contextlib.suppress(BlockingIOError):
+                wake.send(b"0")
+        return out
 
     # -- acknowledgements --------------------------------------------------------------------------
 
