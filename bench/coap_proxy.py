@@ -4,6 +4,7 @@ measured in one run, alternately.
 
     .venv/bin/python bench/coap_proxy.py                         # 3 s per round, 2 rounds, 64 in flight
     .venv/bin/python bench/coap_proxy.py --seconds 2 --window 32 128 --method get
+    .venv/bin/python bench/coap_proxy.py --slow                  # the aiocoap path only (no fast path)
 
 The load generator is this process: one UDP socket per window, requests built once by aiocoap's encoder
 and sent with a fresh message id and token each (a raw generator: coap-client manages a few hundred
@@ -114,12 +115,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--window", type=int, nargs="+", default=[64])
     parser.add_argument("--method", choices=["get", "post"], default="post")
+    parser.add_argument(
+        "--slow", action="store_true", help="turn the proxy's fast path off (COAP_PROXY_SLOW_LISTENERS)"
+    )
     args = parser.parse_args()
 
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"ferryman-bench-coap-{os.getpid()}"
     with CoapTarget() as target:
         coap = free_udp_port()
-        gateway = GatewayProcess(workdir, GATEWAY.format(coap=coap, target=target.port))
+        env = {"COAP_PROXY_SLOW_LISTENERS": "proxy"} if args.slow else {}
+        gateway = GatewayProcess(workdir, GATEWAY.format(coap=coap, target=target.port), env=env)
         gateway.start()
         try:
             with RawCoap(coap) as c:  # warm-up: resolves the target, caches the credentials

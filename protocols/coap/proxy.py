@@ -40,19 +40,26 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.pipe import Pipe
 from aiocoap.resource import PathCapable
 
-from .auth import Principal, action_of, authenticate, authorize, refusal_message, topic_of
+from .auth import Principal, action_of, authenticate, authorize, refusal_message, remote_of, topic_of
 from .context import CoapContext
+from .proxy_fast import FastProxy, fast_path_enabled
 from .proxy_observe import Relay
 from .proxy_upstream import Upstream, UpstreamError, forwarded_request, relayed_response, unsupported_options
 
 __all__ = ["ProxySite", "build_site"]
 
 _READ = (Code.GET, Code.FETCH)
+_FAST_KINDS = ("pending", "dedup", "fast_block2")
 
 
 def build_site(ctx: CoapContext) -> ProxySite:
-    """The aiocoap root resource of a proxy-mode listener (every path)."""
-    return ProxySite(ctx)
+    """The aiocoap root resource of a proxy-mode listener (every path), and its fast path for plain
+    requests (``proxy_fast.py``), which takes them before aiocoap sees them."""
+    site = ProxySite(ctx)
+    if fast_path_enabled(ctx):
+        site.fast = FastProxy(ctx, site)
+        ctx.fast_path = site.fast
+    return site
 
 
 class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aiocoap is untyped
@@ -66,6 +73,7 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
         self._block1: Block1Spool | None = None  # made on the loop (their timers need it)
         self._block2: Block2Cache | None = None
         self._closing: asyncio.Future[None] | None = None
+        self.fast: FastProxy | None = None
         ctx.host.to_hub(_state_gauges, ctx, self)
 
     # -- what the listener and the metrics read ----------------------------------------------------------
@@ -74,11 +82,14 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
         return len(self.relays)
 
     def state_sizes(self) -> dict[str, int]:
-        """Per-peer state this site holds (``ferryman_coap_proxy_state{listener, kind}``)."""
+        """Per-peer state this site holds (``ferryman_coap_proxy_state{listener, kind}``); the fast path's
+        (``pending``, ``dedup``, ``fast_block2``) are 0 without it."""
+        fast = self.fast.sizes() if self.fast is not None else dict.fromkeys(_FAST_KINDS, 0)
         return {
             "observations": len(self.relays),
             "block1": len(getattr(getattr(self._block1, "_assemblies", None), "_items", ())),
             "block2": len(getattr(getattr(self._block2, "_completes", None), "_items", ())),
+            **fast,
         }
 
     def stop(self) -> None:
@@ -86,6 +97,8 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
         is shut down."""
         for relay in list(self.relays):
             relay.end(refusal_message(Code.SERVICE_UNAVAILABLE, "server shutting down"))
+        if self.fast is not None:
+            self.fast.close()
         self._closing = asyncio.ensure_future(self.upstream.close())
 
     async def shutdown(self) -> None:
@@ -122,8 +135,12 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
         block2 = request.opt.block2
         if block2 is not None and block2.block_number > 0 and request.opt.block1 is None:
             # A later block of a response already served (and authorized): from the cache, whose keys hold
-            # the peer's address and every option, the credentials included.
-            pipe.add_response(await self._cached_block(request), is_last=True)
+            # the peer's address and every option, the credentials included. A large response forwarded by
+            # the fast path is kept there, under the same kind of key.
+            fast = self.fast.cached_block(remote_of(request), request) if self.fast is not None else None
+            if fast is None:
+                fast = await self._cached_block(request)
+            pipe.add_response(fast, is_last=True)
             return
         if action == "publish":
             await self._publish(pipe, principal, topic, request)
@@ -269,7 +286,7 @@ def _state_gauges(ctx: CoapContext, site: ProxySite) -> None:
             registry=ctx.metrics.registry,
         )
         ctx.metrics.coap_proxy_state = gauge  # type: ignore[attr-defined]
-    for kind in ("observations", "block1", "block2"):
+    for kind in ("observations", "block1", "block2", *_FAST_KINDS):
         gauge.labels(ctx.name, kind).set_function(_reader(site, kind))
 
 
