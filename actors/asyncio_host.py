@@ -294,6 +294,15 @@ class AsyncioHost:
         if tasks:
             loop.run_until_complete(asyncio.wait(tasks, timeout=self._stop_timeout))
         loop.run_until_complete(loop.shutdown_asyncgens())
+        # No socket may outlive the loop: this thread's gevent hub goes with it, and a transport collected
+        # later in another thread would close its socket on that gone hub (an unraisable ValueError). Close
+        # what a library left open (the selector loop keeps its transports by fd), then run a few iterations:
+        # a transport's close() closes its socket in a callback.
+        for transport in list(getattr(loop, "_transports", {}).values()):
+            if not transport.is_closing():
+                transport.abort()
+        for _ in range(3):
+            loop.run_until_complete(asyncio.sleep(0))
 
     @staticmethod
     def _cancel(tasks: list[asyncio.Task[Any]]) -> None:

@@ -312,3 +312,23 @@ def test_leases_share_one_host_until_the_last_is_released() -> None:
         assert third.host.running
     finally:
         third.stop()
+
+
+def test_stop_closes_transports_a_library_left_open() -> None:
+    """A transport left open would be collected later in another thread and close its socket on the loop
+    thread's destroyed gevent hub (an unraisable ValueError that failed an unrelated test)."""
+    host = AsyncioHost()
+    host.start()
+
+    async def leak() -> asyncio.DatagramTransport:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        return transport
+
+    transport = host.run(leak(), timeout=5)
+    sock = transport.get_extra_info("socket")
+    assert sock.fileno() >= 0
+    host.stop()
+    assert transport.is_closing()
+    assert transport.get_extra_info("socket").fileno() == -1  # closed in the loop's own thread
