@@ -5,6 +5,7 @@ UDP client shows message types, ids, tokens and options; ``coap-client-notls`` i
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
@@ -199,25 +200,30 @@ def test_the_fast_path_takes_plain_requests(gw: Gw, target: CoapTarget) -> None:
 
 
 def test_a_retransmitted_con_reaches_the_target_once(gw: Gw, target: CoapTarget) -> None:
+    def answers(c: RawCoap, wait: float) -> list[bytes]:
+        got: list[bytes] = []
+        c.sock.settimeout(wait)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                got.append(c.sock.recvfrom(2048)[0])
+        return got
+
     with RawCoap(gw.ports["fast"]) as c:
         req = c.build(Code.POST, f"dev1/dedup?{AUTH}", payload=b"once")
         c.send(req)
-        c.send(req)  # a retransmission while the first is in flight: ignored
-        c.sock.settimeout(5)
-        first, _ = c.sock.recvfrom(2048)
+        c.send(req)  # a retransmission: ignored while the first is in flight, answered again after it
+        early = answers(c, 1.0)
         c.send(req)  # a retransmission after the answer: the same answer again
-        again, _ = c.sock.recvfrom(2048)
-        assert first == again
-        answer = Message.decode(first)
+        late = answers(c, 1.0)
+        assert 1 <= len(early) <= 2 and len(late) == 1
+        assert len(set(early + late)) == 1  # byte for byte the first answer
+        answer = Message.decode(late[0])
         assert (answer.mtype, answer.mid, answer.token, answer.code) == (
             ACK,
             req.mid,
             req.token,
             Code.CHANGED,
         )
-        c.sock.settimeout(0.3)
-        with pytest.raises(TimeoutError):
-            c.sock.recvfrom(2048)  # no third answer
     assert len(_seen(target, "dev1/dedup")) == 1
 
 
