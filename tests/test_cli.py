@@ -148,13 +148,16 @@ target = "mqtt"
 [listener.tls]
 cert_file = "{dev_pki}/server.crt"
 key_file = "{dev_pki}/server.key"
+[listener.psk]
+sensor-17 = "0123456789abcdef"
 [bridge.mqtt]
 url = "tcp://127.0.0.1:1883"
 """
     )
     out = ferryman("check", "--config", str(cfg))
     assert out.returncode == 1
-    assert "listener[0]: DTLS (coaps) with certificates is not available" in out.stderr  # tinydtls: PSK only
+    # certificates (OpenSSL) and pre-shared keys (tinydtls) are served, each on a listener of its own
+    assert "listener[0]: DTLS (coaps) with both [listener.tls] and [listener.psk]" in out.stderr
 
 
 def test_json_logs_are_one_object_a_line(tmp_path: Path) -> None:

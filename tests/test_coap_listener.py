@@ -89,13 +89,13 @@ url = "tcp://127.0.0.1:1883"
 
 def test_dtls_and_coaps_targets_are_refused_with_the_reason(tmp_path: Path, dev_pki: Path) -> None:
     tls = f'[listener.tls]\ncert_file = "{dev_pki}/server.crt"\nkey_file = "{dev_pki}/server.key"'
-    problems = CoapListener.validate_settings(_settings(tmp_path, tls))
-    assert len(problems) == 1 and "DTLS (coaps) with certificates is not available" in problems[0]
-    assert "pre-shared keys only" in problems[0] and "[listener.psk]" in problems[0]
-    # DTLS with pre-shared keys is served (tests/test_coap_dtls.py); certificates stay refused beside it.
+    # DTLS with certificates (tests/test_coap_dtls_cert.py) and with pre-shared keys (tests/test_coap_dtls.py)
+    # are served, but not both on one listener.
+    assert CoapListener.validate_settings(_settings(tmp_path, tls)) == []
     psk = '[listener.psk]\nsensor-17 = "0123456789abcdef"'
     assert CoapListener.validate_settings(_settings(tmp_path, psk)) == []
-    assert CoapListener.validate_settings(_settings(tmp_path, psk + "\n" + tls)) == problems
+    problems = CoapListener.validate_settings(_settings(tmp_path, psk + "\n" + tls))
+    assert len(problems) == 1 and "both [listener.tls] and [listener.psk] is not available" in problems[0]
     problems = CoapListener.validate_settings(_settings(tmp_path, "", target="coaps://127.0.0.1:5684"))
     assert any("coaps" in p for p in problems)
     assert CoapListener.validate_settings(_settings(tmp_path, "")) == []

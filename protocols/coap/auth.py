@@ -107,8 +107,16 @@ def _dtls_identity(request: aiocoap.Message) -> str | None:
     aiocoap's tinydtls_server puts ``authenticated_claims = [<name>]`` on the request's remote: the name of
     the server-credentials entry whose pre-shared key the handshake used (None before the handshake). The
     listener names each entry after its PSK identity (dtls.py, ``psk_credentials``), so the claim is the
-    identity. Claims of other layers (OSCORE) are not DTLS identities: only a ``coaps`` remote counts."""
+    identity. Claims of other layers (OSCORE) are not DTLS identities: only a ``coaps`` remote counts.
+
+    With certificates (dtls_cert.py) the request comes from the listener's plain udp6 endpoint, fed by the
+    DTLS terminator, which the listener puts on the endpoint as ``ferryman_dtls``: the identity is the one
+    of the verified client certificate of the peer at the remote's address (None without one)."""
     remote = request.remote
+    terminator = getattr(getattr(remote, "interface", None), "ferryman_dtls", None)
+    if terminator is not None:
+        identity: str | None = terminator.identity_of(getattr(remote, "sockaddr", ("?", 0)))
+        return identity
     if getattr(remote, "scheme", None) != "coaps":
         return None
     claims = getattr(remote, "authenticated_claims", None) or ()

@@ -1,4 +1,5 @@
-"""DTLS (``coaps``) for the coap listener: pre-shared keys through aiocoap's ``tinydtls_server``.
+"""DTLS (``coaps``) for the coap listener: pre-shared keys through aiocoap's ``tinydtls_server``; the checks
+of certificate DTLS (dtls_cert.py).
 
 aiocoap's only DTLS *server* transport is ``tinydtls_server``, built on the ``DTLSSocket`` package (a
 Cython wrapper of Eclipse tinydtls). It does pre-shared keys only:
@@ -8,8 +9,10 @@ Cython wrapper of Eclipse tinydtls). It does pre-shared keys only:
   identity (:func:`psk_credentials`). The entry is *named* after the identity: tinydtls_server reports the
   name of the entry whose key the handshake used as the remote's ``authenticated_claims``, so the claim is
   the identity (read by ``auth._dtls_identity``, the Session's ``identity``).
-- Certificates (``[listener.tls]``) cannot be honoured: tinydtls has none. Such a listener is refused by
-  ``validate_settings`` with the reason (:func:`dtls_problems`; docs/coap.md, "DTLS").
+- Certificates (``[listener.tls]``): tinydtls has none, so they are served by a DTLS terminator on
+  OpenSSL (pyOpenSSL) in front of the plain aiocoap endpoint (dtls_cert.py). :func:`dtls_problems` says
+  why a listener cannot have them (pyOpenSSL missing, or ``[listener.psk]`` beside: one backend per
+  listener; docs/coap.md, "DTLS").
 
 What tinydtls_server needs that the udp6 transport does not (:func:`psk_problems`, :func:`dtls_bind`,
 :func:`harden`): a single bound address (it is built on aiocoap's "simple socket server", which refuses
@@ -30,6 +33,7 @@ __all__ = [
     "MAX_IDENTITY_BYTES",
     "MAX_KEY_BYTES",
     "MAX_PEERS",
+    "cert_backend",
     "dtls_backend",
     "dtls_bind",
     "dtls_problems",
@@ -59,14 +63,33 @@ def dtls_backend() -> str | None:
     return None
 
 
-def dtls_problems(tls: Any) -> list[str]:
-    """Why ``[listener.tls]`` (certificates) cannot be served on a coap listener (empty: it can)."""
-    backend = dtls_backend() or "tinydtls (the DTLSSocket package, not installed)"
-    return [
-        f"DTLS (coaps) with certificates is not available: aiocoap's only DTLS server, {backend}, does "
-        "pre-shared keys only; use [listener.psk] for coaps with pre-shared keys, or remove [listener.tls] "
-        "to serve plain coap"
-    ]
+def cert_backend() -> str | None:
+    """The name of the importable DTLS backend for certificates (pyOpenSSL, dtls_cert.py), or None."""
+    try:
+        if importlib.util.find_spec("OpenSSL") is not None:
+            return "OpenSSL (pyOpenSSL)"
+    except ImportError:
+        pass
+    return None
+
+
+def dtls_problems(tls: Any, psk: Mapping[str, str] | None = None) -> list[str]:
+    """Why ``[listener.tls]`` (certificates: DTLS through dtls_cert.py) cannot be served on a coap listener
+    (empty: it can)."""
+    problems: list[str] = []
+    if psk:
+        problems.append(
+            "DTLS (coaps) with both [listener.tls] and [listener.psk] is not available: certificates are "
+            "served by OpenSSL, pre-shared keys by tinydtls, each on its own socket; give each its own "
+            "coap listener (another port)"
+        )
+    if cert_backend() is None:
+        problems.append(
+            "DTLS (coaps) with certificates is not available: it needs the pyOpenSSL package, which is not "
+            "installed; use [listener.psk] for coaps with pre-shared keys, or remove [listener.tls] to "
+            "serve plain coap"
+        )
+    return problems
 
 
 def psk_problems(settings: Any) -> list[str]:

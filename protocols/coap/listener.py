@@ -13,6 +13,8 @@ import asyncio
 import importlib
 import importlib.util
 import logging
+import socket
+import struct
 from typing import Any
 
 import aiocoap
@@ -45,8 +47,9 @@ def _proxy_available() -> bool:
 
 
 class CoapListener(pykka.ThreadingActor):
-    """One ``[[listener]]`` with ``protocol = "coap"``: UDP, or DTLS with pre-shared keys (``coaps``) when it
-    has ``[listener.psk]`` (see dtls.py)."""
+    """One ``[[listener]]`` with ``protocol = "coap"``: UDP; or DTLS (``coaps``) with pre-shared keys when it
+    has ``[listener.psk]`` (aiocoap's tinydtls_server, see dtls.py), with certificates when it has
+    ``[listener.tls]`` (a DTLS terminator on OpenSSL in front of a plain endpoint, see dtls_cert.py)."""
 
     @classmethod
     def validate_settings(cls, settings: Any) -> list[str]:
@@ -64,7 +67,7 @@ class CoapListener(pykka.ThreadingActor):
         elif target.scheme == "coap" and not _proxy_available():
             problems.append("proxy mode (target = coap://...) is not available in this version")
         if settings.tls is not None:
-            problems.extend(dtls_problems(settings.tls))
+            problems.extend(dtls_problems(settings.tls, settings.psk))
         problems.extend(psk_problems(settings))
         if settings.path_prefix:
             problems.append("path_prefix is for mqtt-ws and http listeners")
@@ -86,7 +89,9 @@ class CoapListener(pykka.ThreadingActor):
         self.lease = HostLease()
         self.host = self.lease.host
         self.dtls = bool(settings.psk)
-        self.ctx = CoapContext(settings, chain, metrics, self.host, secure=self.dtls)
+        self.cert_dtls = settings.tls is not None and not self.dtls
+        self.ctx = CoapContext(settings, chain, metrics, self.host, secure=self.dtls or self.cert_dtls)
+        self.terminator: Any = None  # dtls_cert.DtlsTerminator of a [listener.tls] listener
         self.site: Any
         if target.is_publish:
             from .mqtt_site import PublishSite
@@ -121,6 +126,19 @@ class CoapListener(pykka.ThreadingActor):
             if not harden(context):
                 await context.shutdown()
                 raise GatewayError(f"listener {self.settings.name!r}: aiocoap started no DTLS server")
+        elif self.cert_dtls:
+            # coaps with certificates: the terminator binds the listener's address; the plain endpoint it
+            # feeds is bound to an internal loopback port that serves nothing else.
+            context = await aiocoap.Context.create_server_context(
+                self.site, bind=("127.0.0.1", 0), transports=["udp6"], loggername=_AIOCOAP_LOGGER
+            )
+            try:
+                self.terminator = await _terminate(context, self.ctx, bind)
+            except BaseException:
+                await context.shutdown()
+                raise
+            self._schedule_sweep()
+            return context, self.terminator.address
         else:
             context = await aiocoap.Context.create_server_context(
                 self.site, bind=bind, transports=["udp6"], loggername=_AIOCOAP_LOGGER
@@ -133,6 +151,8 @@ class CoapListener(pykka.ThreadingActor):
         if self.ctx.stopping:
             return
         self.ctx.auth.sweep()
+        if self.terminator is not None:
+            self.terminator.sweep()
         self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_EVERY, self._schedule_sweep)
 
     def on_start(self) -> None:
@@ -144,7 +164,11 @@ class CoapListener(pykka.ThreadingActor):
         logger.info(
             "listener {!r}: {} on {}:{} -> {}",
             self.settings.name,
-            "coaps (DTLS, pre-shared keys)" if self.dtls else "coap",
+            "coaps (DTLS, pre-shared keys)"
+            if self.dtls
+            else "coaps (DTLS, certificates)"
+            if self.cert_dtls
+            else "coap",
             *self.address,
             self.settings.target,
         )
@@ -201,6 +225,8 @@ class CoapListener(pykka.ThreadingActor):
         elif stop is not None:
             stop()
         self.ctx.auth.close("listener stopped")
+        if self.terminator is not None:
+            self.terminator.close()
         if self.context is not None:
             await self.context.shutdown()
 
@@ -250,6 +276,102 @@ def _guard_decoding(context: aiocoap.Context, ctx: CoapContext) -> None:
                 ctx.garbage += 1
 
         message_interface.datagram_msg_received = guarded  # type: ignore[union-attr]
+
+
+async def _terminate(context: aiocoap.Context, ctx: CoapContext, bind: tuple[str, int]) -> Any:
+    """Puts a ``dtls_cert.DtlsTerminator`` on ``bind`` in front of ``context``'s udp6 endpoint (asyncio
+    thread); returns it, its bound address in ``.address``.
+
+    Decrypted datagrams enter the endpoint through its ``datagram_msg_received`` with the peer's own
+    address (as aiocoap's udp6 writes it: IPv6, IPv4-mapped) and a pktinfo of the public address; the
+    endpoint's ``transport`` is wrapped so that its answers go back through the terminator. Datagrams that
+    really arrive at the internal socket are dropped: it serves nobody directly."""
+    from ferryman.protocols.tls.revocation import RevocationChecker
+
+    from .dtls_cert import DtlsTerminator
+
+    message_interface: Any = None
+    for interface in getattr(context, "request_interfaces", ()):
+        message_interface = getattr(getattr(interface, "token_interface", None), "message_interface", None)
+        if message_interface is not None and hasattr(message_interface, "datagram_msg_received"):
+            break
+    if message_interface is None:
+        raise GatewayError(f"listener {ctx.name!r}: aiocoap started no udp endpoint")
+    received = message_interface.datagram_msg_received
+    tls = ctx.settings.tls
+    revocation = RevocationChecker(tls) if tls.verify and tls.client_ca_file else None
+    holder: dict[str, Any] = {}
+
+    def deliver(plain: bytes, sockaddr: tuple[Any, ...]) -> None:
+        try:
+            received(plain, holder["ancdata"], 0, _v6(sockaddr))
+        except Exception:
+            ctx.garbage += 1  # e.g. a string option that is not UTF-8 (see _guard_decoding)
+
+    terminator = DtlsTerminator(
+        tls, deliver, revocation=revocation, in_hub=ctx.host.in_hub, log=ctx.log, name=ctx.name
+    )
+    loop = asyncio.get_running_loop()
+    sock = _udp_socket(*bind)
+    await loop.create_datagram_endpoint(lambda: terminator, sock=sock)
+    host, port = sock.getsockname()[:2]
+    host = str(host)
+    if host.startswith("::ffff:"):
+        host = host[7:]
+    terminator.address = (host, int(port))
+    local = host if ":" in host else f"::ffff:{host}"
+    pktinfo = socket.inet_pton(socket.AF_INET6, local) + struct.pack("I", 0)
+    holder["ancdata"] = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)]
+
+    def internal(data: bytes, ancdata: Any, flags: int, address: Any) -> None:
+        terminator.dropped += 1
+
+    message_interface.datagram_msg_received = internal
+    message_interface.transport = _Outbound(message_interface.transport, terminator)
+    message_interface.ferryman_dtls = terminator  # auth._dtls_identity asks it for the peer's identity
+    return terminator
+
+
+class _Outbound:
+    """aiocoap's udp6 transport, but ``sendmsg`` encrypts to the DTLS peer (dtls_cert.py)."""
+
+    def __init__(self, transport: Any, terminator: Any) -> None:
+        self._transport = transport
+        self._terminator = terminator
+
+    def sendmsg(self, data: bytes, ancdata: Any = (), flags: int = 0, address: Any = None) -> None:
+        if address is not None:
+            self._terminator.send_to(data, address)  # no session (any more): dropped, as UDP may
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _v6(sockaddr: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A peer address as aiocoap's udp6 has it: ``(IPv6 host, port, flowinfo, scope_id)``."""
+    if len(sockaddr) >= 4:
+        return tuple(sockaddr[:4])
+    host = str(sockaddr[0])
+    return (host if ":" in host else f"::ffff:{host}", int(sockaddr[1]), 0, 0)
+
+
+def _udp_socket(host: str, port: int) -> socket.socket:
+    """The public UDP socket of a DTLS-with-certificates listener (dual-stack on ``::`` and ``""``)."""
+    if host in ("", "::") or ":" in host:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        if host in ("", "::"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        bind_host = host or "::"
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        bind_host = host
+    try:
+        sock.setblocking(False)
+        sock.bind((bind_host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _bound_address(context: aiocoap.Context, bind: tuple[str, int]) -> tuple[str, int]:
