@@ -16,9 +16,9 @@ import aiocoap
 import pytest
 from aiocoap.numbers.codes import Code
 
-from ferryman.protocols.coap.auth import credentials_of
+from ferryman.protocols.coap.auth import INVALID, Credentials, credentials_from_queries, credentials_of
 from ferryman.protocols.coap.codec import ACK, CON, NON, URI_PATH, URI_QUERY, Datagram, encode, parse
-from ferryman.protocols.coap.fast_publish import Dedup, FastPublish, _credentials
+from ferryman.protocols.coap.fast_publish import Dedup, FastPublish
 from tests.http_support import Subscriber
 from tests.servers import GatewayProcess, Mosquitto
 
@@ -67,18 +67,21 @@ def request(
 
 
 def test_credentials_as_the_slow_path_reads_them() -> None:
-    for queries in (
-        ["auth=dev1:pw1"],
-        ["auth=dev1:pw:1"],
-        ["x=1", "auth=tok3n"],
-        ["auth="],
-        ["auth"],
-        ["qos=1"],
-        [],
-        ["auth=a:b", "auth=c:d"],
-    ):
-        slow = credentials_of(aiocoap.Message(code=Code.POST, uri_path=("t",), uri_query=queries))
-        assert _credentials(queries) == slow, queries
+    cases: list[tuple[list[str], Credentials | None]] = [
+        (["auth=dev1:pw1"], Credentials("dev1", b"pw1")),
+        (["auth=dev1:pw:1"], Credentials("dev1", b"pw:1")),  # split at the first ':'
+        (["x=1", "auth=tok3n"], Credentials(None, b"tok3n")),  # a bare token is a password
+        (["auth="], INVALID),
+        (["auth"], INVALID),
+        (["qos=1"], None),
+        ([], None),
+        (["auth=a:b", "auth=c:d"], Credentials("a", b"b")),  # the first one counts
+    ]
+    for queries, expected in cases:
+        assert credentials_from_queries(queries) == expected, queries
+        # the slow path's parse of a whole request agrees
+        request = aiocoap.Message(code=Code.POST, uri_path=("t",), uri_query=queries)
+        assert credentials_of(request) == expected, queries
 
 
 def test_dedup_is_bounded_by_count_and_by_age() -> None:

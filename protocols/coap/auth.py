@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -83,10 +83,10 @@ class Credentials:
 INVALID = Credentials(None, None, "\x00invalid")
 
 
-def credentials_of(request: aiocoap.Message) -> Credentials | None:
-    """The credentials of ``request`` (None: none given; :data:`INVALID`: an empty ``auth``)."""
-    identity = _dtls_identity(request)
-    for query in request.opt.uri_query:
+def credentials_from_queries(queries: Iterable[str], identity: str | None = None) -> Credentials | None:
+    """The ``auth`` Uri-Query's credentials: ``user:password``, or a bare token (a password without a
+    username); :data:`INVALID` for an empty one; None without one."""
+    for query in queries:
         key, _, value = query.partition("=")
         if key != AUTH_KEY:
             continue
@@ -96,6 +96,15 @@ def credentials_of(request: aiocoap.Message) -> Credentials | None:
         if colon:
             return Credentials(username, password.encode(), identity)
         return Credentials(None, value.encode(), identity)
+    return None
+
+
+def credentials_of(request: aiocoap.Message) -> Credentials | None:
+    """The credentials of ``request`` (None: none given; :data:`INVALID`: an empty ``auth``)."""
+    identity = _dtls_identity(request)
+    creds = credentials_from_queries(request.opt.uri_query, identity)
+    if creds is not None:
+        return creds
     if identity is not None:
         return Credentials(None, None, identity)
     return None

@@ -45,7 +45,16 @@ from aiocoap.numbers.codes import Code
 
 from ferryman.actors.contracts import Grant
 
-from .auth import _REFUSAL_CODE, AUTH_KEY, INVALID, Credentials, Entry, Principal, check, refusal_message
+from .auth import (
+    _REFUSAL_CODE,
+    INVALID,
+    Credentials,
+    Entry,
+    Principal,
+    check,
+    credentials_from_queries,
+    refusal_message,
+)
 from .codec import ACCEPT, ACK, CON, CONTENT_FORMAT, NON, URI_PATH, URI_QUERY, encode, parse
 
 if TYPE_CHECKING:
@@ -175,7 +184,7 @@ class FastPublish:
             exchange.answer = out
             reply(out)
 
-        creds = _credentials(queries)
+        creds = credentials_from_queries(queries)
         if creds is None:
             ctx.count_refusal("connect")
             _refuse(
@@ -260,18 +269,3 @@ class FastPublish:
 
 def _refuse(answer: Callable[..., None], message: aiocoap.Message) -> None:
     answer(int(message.code), bytes(message.payload))
-
-
-def _credentials(queries: list[str]) -> Credentials | None:
-    """``auth.credentials_of`` on a listener without DTLS (no identity), from the Uri-Query values."""
-    for query in queries:
-        key, _, value = query.partition("=")
-        if key != AUTH_KEY:
-            continue
-        if not value:
-            return INVALID
-        username, colon, password = value.partition(":")
-        if colon:
-            return Credentials(username, password.encode())
-        return Credentials(None, value.encode())
-    return None

@@ -26,7 +26,6 @@ from ferryman.actors.contracts import Message, Refusal
 from ferryman.actors.gateway import GatewayError
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
-from ferryman.actors.router import Router
 
 from .context import CoapContext
 from .dtls import dtls_bind, dtls_problems, harden, psk_credentials, psk_problems
@@ -79,7 +78,7 @@ class CoapListener(pykka.ThreadingActor):
         target = settings.parsed_target
         self.router: pykka.ActorRef[Any] | None = None
         if target.is_publish:
-            self.router = _router_of(chain)
+            self.router = chain.router()
             kinds = self.router.proxy().kinds().get(timeout=5) if self.router is not None else {}
             if not kinds.get(ATTACH):
                 raise GatewayError(
@@ -390,16 +389,3 @@ def _bound_address(context: aiocoap.Context, bind: tuple[str, int]) -> tuple[str
                 host = host[7:]
             return host, int(sockname[1])
     return bind
-
-
-def _router_of(chain: HandlerChain) -> pykka.ActorRef[Any] | None:
-    """The Gateway's Router: every handler actor is built with it (``HandlerActor.router``)."""
-    for ref in chain.refs:
-        try:
-            router = ref.proxy().router.get(timeout=5)
-        except Exception:
-            continue
-        if isinstance(router, pykka.ActorRef):
-            return router
-    routers = pykka.ActorRegistry.get_by_class(Router)
-    return routers[0] if len(routers) == 1 else None

@@ -12,7 +12,6 @@ from ferryman.actors.contracts import Message, Refusal
 from ferryman.actors.gateway import GatewayError
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
-from ferryman.actors.router import Router
 from ferryman.protocols.tls.server import TlsTerminator
 
 from .app import HttpApp
@@ -52,7 +51,7 @@ class HttpListener(pykka.ThreadingActor):
         self.router: pykka.ActorRef[Any] | None = None
         upstream = None
         if target.is_publish:
-            self.router = _router_of(chain)
+            self.router = chain.router()
             kinds = self.router.proxy().kinds().get(timeout=5) if self.router is not None else {}
             if not kinds.get(ATTACH):
                 raise GatewayError(
@@ -106,16 +105,3 @@ class HttpListener(pykka.ThreadingActor):
         logger.opt(exception=(exception_type, exception_value, traceback)).error(
             "listener {!r} failed", self.settings.name
         )
-
-
-def _router_of(chain: HandlerChain) -> pykka.ActorRef[Any] | None:
-    """The Gateway's Router: every handler actor is built with it (``HandlerActor.router``)."""
-    for ref in chain.refs:
-        try:
-            router = ref.proxy().router.get(timeout=5)
-        except Exception:
-            continue
-        if isinstance(router, pykka.ActorRef):
-            return router
-    routers = pykka.ActorRegistry.get_by_class(Router)
-    return routers[0] if len(routers) == 1 else None
