@@ -346,14 +346,14 @@ def test_requests_are_counted_by_status(gw: GatewayProcess) -> None:
 
 
 def test_shutdown_closes_idle_keep_alive_connections(gateway_factory: Any, echo: EchoTarget) -> None:
-    open_gw: GatewayProcess = gateway_factory(OPEN_CONFIG.format(echo=echo.port))
+    # A shutdown_timeout far beyond stop()'s 15 s wait: were the idle connection waited for, the gateway
+    # would be killed and stop() would return a non-zero code (no duration is asserted: CI is noisy).
+    open_gw: GatewayProcess = gateway_factory("shutdown_timeout = 120\n" + OPEN_CONFIG.format(echo=echo.port))
     sock = socket.create_connection(("127.0.0.1", open_gw.port), timeout=10)
     sock.sendall(b"GET /api/a/b HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n")
     assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-    started = time.monotonic()
     rc, err = open_gw.stop()  # the idle keep-alive connection must not hold the shutdown up
-    assert rc == 0 and "Traceback" not in err
-    assert time.monotonic() - started < 5
+    assert rc == 0 and "Traceback" not in err, err[-2000:]
     assert sock.recv(100) == b""  # closed by the gateway
     sock.close()
 
