@@ -432,10 +432,8 @@ def test_a_large_notification_is_served_block_wise(gw: Gw, target: CoapTarget, t
 def test_an_unreachable_target_is_5_02_and_a_silent_one_5_04(gw: Gw) -> None:
     _, err = client(gw.url(f"dev1/x?{AUTH}", gw.dead))
     assert "5.02" in err, err
-    started = time.monotonic()
     _, err = client(gw.url(f"dev1/x?{AUTH}", gw.silent))
-    assert "5.04" in err, err
-    assert time.monotonic() - started < 6
+    assert "5.04" in err, err  # the gateway's answer, not the client giving up
 
 
 # -- garbage -------------------------------------------------------------------------------------------

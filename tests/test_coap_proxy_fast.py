@@ -228,11 +228,9 @@ def test_a_retransmitted_con_reaches_the_target_once(gw: Gw, target: CoapTarget)
 
 
 def test_a_silent_target_is_5_04_and_nothing_stays_pending(gw: Gw) -> None:
-    started = time.monotonic()
     for mtype in (CON, NON):
         answer = _ask(gw.ports["silent"], Code.POST, f"dev1/x?{AUTH}", b"x", mtype)
-        assert answer[1] == Code.GATEWAY_TIMEOUT
-    assert time.monotonic() - started < 4
+        assert answer[1] == Code.GATEWAY_TIMEOUT  # the gateway's answer, not the client giving up
     assert gw.state("silent", "pending") == 0
 
 

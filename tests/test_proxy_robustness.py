@@ -77,9 +77,7 @@ def test_connect_timeout_closes_silent_sockets(proxy: GatewayProcess) -> None:
     """The standard listener has connect_timeout = 1.0."""
     s = socket.create_connection(("127.0.0.1", proxy.port))
     s.settimeout(10)
-    started = time.monotonic()
-    assert s.recv(10) == b""
-    assert time.monotonic() - started < 9  # closed by the gateway, not by our own timeout
+    assert s.recv(10) == b""  # closed by the gateway (our own 10 s timeout would raise instead)
     s.close()
 
 
