@@ -143,13 +143,13 @@ def ws_open(port: int, client_id: str) -> tuple[socket.socket, Unframer, bytes]:
 # ------------------------------------------------------------------------------------------------ children
 
 
-def publisher_main(port: int, index: int, conn: Connection) -> None:
+def publisher_main(port: int, index: int, conn: Connection, payload_size: int = PAYLOAD_SIZE) -> None:
     try:
         sock, _, _ = ws_open(port, f"bench-ws-pub-{index}-{os.getpid()}")
     except Exception as exc:
         conn.send(("error", f"publisher {index}: {exc!r}"))
         return
-    frame = masked_frame(publish_packet(f"bench/p{index}", bytes(PAYLOAD_SIZE)))
+    frame = masked_frame(publish_packet(f"bench/p{index}", bytes(payload_size)))
     per_batch = max(1, BATCH_BYTES // len(frame))
     batch = frame * per_batch
     conn.send(("ready", len(frame)))
@@ -228,7 +228,14 @@ class RunResult:
     cpu: dict[str, float]  # cores busy during the window, per watched process
 
 
-def run_load(port: int, seconds: float, warmup: float, publishers: int, watch: dict[str, int]) -> RunResult:
+def run_load(
+    port: int,
+    seconds: float,
+    warmup: float,
+    publishers: int,
+    watch: dict[str, int],
+    payload_size: int = PAYLOAD_SIZE,
+) -> RunResult:
     ctx = mp.get_context("fork")
     procs: list[Any] = []
     conns: list[tuple[str, Connection]] = []
@@ -240,7 +247,7 @@ def run_load(port: int, seconds: float, warmup: float, publishers: int, watch: d
         recv_report(parent, time.monotonic() + 15, "subscriber")
         for i in range(publishers):
             parent, child = ctx.Pipe()
-            procs.append(ctx.Process(target=publisher_main, args=(port, i, child), daemon=True))
+            procs.append(ctx.Process(target=publisher_main, args=(port, i, child, payload_size), daemon=True))
             procs[-1].start()
             conns.append((f"publisher {i}", parent))
         for who, c in conns[1:]:
@@ -289,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions, each direct then gateway (default 3)")
     ap.add_argument("--publishers", type=int, default=4, help="publisher connections (default 4)")
     ap.add_argument(
+        "--payload", type=int, default=PAYLOAD_SIZE, help=f"payload bytes (default {PAYLOAD_SIZE})"
+    )
+    ap.add_argument(
         "--upstream",
         choices=("tcp", "ws"),
         default="tcp",
@@ -298,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, help="keep configs and logs here (default: a temporary directory)"
     )
     args = ap.parse_args(argv)
-    if args.seconds <= 0 or args.warmup < 0 or args.reps < 1 or args.publishers < 1:
+    if args.seconds <= 0 or args.warmup < 0 or args.reps < 1 or args.publishers < 1 or args.payload < 0:
         ap.error("--seconds, --reps and --publishers must be positive")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ferryman-ws-bench-"))
     broker_port, ws_port = free_port(), free_port()
@@ -306,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     gw_port = free_port()
     print(f"machine: {machine_line()}")
     print(
-        f"load: {args.publishers} publishers, QoS 0 PUBLISH of {PAYLOAD_SIZE} bytes, one masked binary frame "
+        f"load: {args.publishers} publishers, QoS 0 PUBLISH of {args.payload} bytes, one masked binary frame "
         f"each, {BATCH_BYTES // 1024} KiB batches; 1 subscriber on bench/#; {args.warmup:g} s warm-up + "
         f"{args.seconds:g} s window; {args.reps} reps; gateway target {args.upstream}://"
     )
@@ -326,10 +336,17 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(1, args.reps + 1):
             with Mosquitto(workdir, port=broker_port, extra=ws_listener) as broker:
                 time.sleep(0.5)
-                d = run_load(ws_port, args.seconds, args.warmup, args.publishers, {"mosquitto": broker.pid})
+                d = run_load(
+                    ws_port,
+                    args.seconds,
+                    args.warmup,
+                    args.publishers,
+                    {"mosquitto": broker.pid},
+                    args.payload,
+                )
                 time.sleep(0.5)
                 watch = {"gateway": gateway.pid, "mosquitto": broker.pid}
-                g = run_load(gateway.port, args.seconds, args.warmup, args.publishers, watch)
+                g = run_load(gateway.port, args.seconds, args.warmup, args.publishers, watch, args.payload)
             ratio = g.received_per_s / d.received_per_s if d.received_per_s else 0.0
             us = 1e6 * g.cpu["gateway"] / g.received_per_s if g.received_per_s else 0.0
             ratios.append(ratio)
