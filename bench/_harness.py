@@ -729,3 +729,28 @@ def recv_report(conn: Connection, deadline: float, who: str) -> Any:
     if msg[0] == "error":
         raise RuntimeError(msg[1])
     return msg
+
+
+class SendFailed(Exception):
+    """A publisher's socket failed during its window; the message says after how many messages."""
+
+
+def send_window(
+    sock: socket.socket, batch: bytes, per_batch: int, window: Window
+) -> tuple[Snapshot | None, Snapshot | None, int]:
+    """A publisher's load: from ``window.start_at`` write ``batch`` (``per_batch`` messages) as fast as TCP
+    takes it until the window closes. Returns the snapshots at the window's start and end and the count."""
+    sent = 0
+    first: Snapshot | None = None
+    try:
+        wait_until(window.start_at)
+        while True:
+            sock.sendall(batch)
+            sent += per_batch
+            now = time.monotonic()
+            if first is None and now >= window.win_start:
+                first = (now, sent)
+            if now >= window.win_end:
+                return first, (now, sent), sent
+    except OSError as exc:
+        raise SendFailed(f"{exc!r} after {sent} messages") from exc

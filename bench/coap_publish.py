@@ -33,7 +33,7 @@ import gevent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import PYTHON, stop_process
+from bench._harness import PYTHON, process_cpu_ticks, stop_process
 from tests.servers import GatewayProcess, Mosquitto, free_port
 
 NOOP_SERVER = """
@@ -146,17 +146,12 @@ def load(
     return sum(j.value for j in jobs) / elapsed, (time.process_time() - cpu) / elapsed, counts
 
 
-def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def measure(label: str, port: int, pid: int, query: list[str], clients: list[int], seconds: float) -> None:
     load(port, "bench/coap", query, max(clients), 0.5)  # warm-up: the auth cache, the bridge's session
     for c in clients:
-        before = cpu_ticks(pid)
+        before = process_cpu_ticks(pid)
         rate, gen_cpu, counts = load(port, "bench/coap", query, c, seconds)
-        server_cpu = (cpu_ticks(pid) - before) / 100 / seconds
+        server_cpu = (process_cpu_ticks(pid) - before) / 100 / seconds
         codes = " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))
         print(
             f"{label:<24} {c:>4} clients {rate:>8.0f} req/s   server {server_cpu:.2f} core  "

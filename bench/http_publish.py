@@ -31,7 +31,7 @@ import gevent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import PYTHON, stop_process
+from bench._harness import PYTHON, process_cpu_ticks, stop_process
 from tests.servers import GatewayProcess, Mosquitto, free_port, wait_port
 
 NOOP_SERVER = """
@@ -121,17 +121,12 @@ def load(port: int, req: bytes, connections: int, seconds: float) -> tuple[float
     return sum(j.value for j in jobs) / elapsed, (time.process_time() - cpu) / elapsed, counts
 
 
-def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def measure(label: str, port: int, pid: int, req: bytes, conns: list[int], seconds: float) -> None:
     load(port, req, max(conns), 0.5)  # warm-up: connections, caches, the bridge's session
     for c in conns:
-        before = cpu_ticks(pid)
+        before = process_cpu_ticks(pid)
         rate, gen_cpu, counts = load(port, req, c, seconds)
-        server_cpu = (cpu_ticks(pid) - before) / 100 / seconds
+        server_cpu = (process_cpu_ticks(pid) - before) / 100 / seconds
         codes = " ".join(f"{k.decode()}:{v}" for k, v in sorted(counts.items()))
         print(
             f"{label:<24} {c:>4} conns  {rate:>8.0f} req/s   server {server_cpu:.2f} core  "

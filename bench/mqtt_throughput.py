@@ -35,13 +35,16 @@ from _harness import (
     Mosquitto,
     MqttSession,
     PacketCounter,
+    SendFailed,
     Snapshot,
     Window,
     free_port,
     machine_line,
+    process_cpu_ticks,
     publish_packet,
     rate,
     recv_report,
+    send_window,
     start_pyspy,
     stop_process,
     summarize_folded,
@@ -72,27 +75,14 @@ def publisher_main(port: int, index: int, conn: Connection) -> None:
     batch = packet * per_batch
     conn.send(("ready", len(packet)))
     window: Window = conn.recv()
-    sock = session.sock
-    sent = 0
-    first: Snapshot | None = None
-    last: Snapshot | None = None
     try:
-        wait_until(window.start_at)
-        while True:
-            sock.sendall(batch)
-            sent += per_batch
-            now = time.monotonic()
-            if first is None and now >= window.win_start:
-                first = (now, sent)
-            if now >= window.win_end:
-                last = (now, sent)
-                break
-    except OSError as exc:
-        conn.send(("error", f"publisher {index}: {exc!r} after {sent} messages"))
-        session.close()
+        first, last, sent = send_window(session.sock, batch, per_batch, window)
+    except SendFailed as exc:
+        conn.send(("error", f"publisher {index}: {exc}"))
         return
+    finally:
+        session.close()
     conn.send(("done", first, last, sent))
-    session.close()
 
 
 def subscriber_main(port: int, conn: Connection) -> None:
@@ -150,14 +140,6 @@ class RunResult:
     cpu: dict[str, float]  # process (group) name -> cores busy during the window; "machine", "others"
 
 
-def _cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
 def _machine_ticks() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs together, from /proc/stat."""
     try:
@@ -196,11 +178,11 @@ def run_load(port: int, seconds: float, warmup: float, publishers: int, watch: d
         groups["subscriber"] = [procs[0].pid]
         groups["publishers"] = [p.pid for p in procs[1:]]
         wait_until(window.win_start)
-        ticks0 = {name: sum(_cpu_ticks(pid) for pid in pids) for name, pids in groups.items()}
+        ticks0 = {name: sum(process_cpu_ticks(pid) for pid in pids) for name, pids in groups.items()}
         busy0, total0 = _machine_ticks()
         t0 = time.monotonic()
         wait_until(window.win_end)
-        ticks1 = {name: sum(_cpu_ticks(pid) for pid in pids) for name, pids in groups.items()}
+        ticks1 = {name: sum(process_cpu_ticks(pid) for pid in pids) for name, pids in groups.items()}
         busy1, total1 = _machine_ticks()
         elapsed = time.monotonic() - t0
         hz = os.sysconf("SC_CLK_TCK")

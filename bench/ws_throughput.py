@@ -36,6 +36,7 @@ from _harness import (
     Gateway,
     Mosquitto,
     PacketCounter,
+    SendFailed,
     Snapshot,
     Window,
     connect_packet,
@@ -46,6 +47,7 @@ from _harness import (
     publish_packet,
     rate,
     recv_report,
+    send_window,
     subscribe_packet,
     wait_until,
 )
@@ -154,20 +156,10 @@ def publisher_main(port: int, index: int, conn: Connection, payload_size: int = 
     batch = frame * per_batch
     conn.send(("ready", len(frame)))
     window: Window = conn.recv()
-    sent, first, last = 0, None, None
     try:
-        wait_until(window.start_at)
-        while True:
-            sock.sendall(batch)
-            sent += per_batch
-            now = time.monotonic()
-            if first is None and now >= window.win_start:
-                first = (now, sent)
-            if now >= window.win_end:
-                last = (now, sent)
-                break
-    except OSError as exc:
-        conn.send(("error", f"publisher {index}: {exc!r} after {sent} messages"))
+        first, last, sent = send_window(sock, batch, per_batch, window)
+    except SendFailed as exc:
+        conn.send(("error", f"publisher {index}: {exc}"))
         return
     finally:
         sock.close()
