@@ -19,6 +19,7 @@ The target server (``python -m tests.coap_support PORT``) answers every path:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +213,23 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def libcoap_server() -> Iterator[int]:
+    """libcoap's example server (``coap-server-notls``; ``/`` answers a greeting) on a free UDP port, for
+    proxy-mode targets in the DTLS tests."""
+    port = free_udp_port()
+    proc = subprocess.Popen(
+        ["coap-server-notls", "-A", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
 
 
 # ----------------------------------------------------------------------------------------- raw client

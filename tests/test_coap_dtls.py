@@ -17,6 +17,7 @@ import pytest
 from ferryman.config import load_settings
 from ferryman.protocols.coap.dtls import MAX_KEY_BYTES, psk_credentials
 from ferryman.protocols.coap.listener import CoapListener
+from tests.coap_support import free_udp_port, libcoap_server
 from tests.http_support import Subscriber
 from tests.servers import GatewayProcess, Mosquitto
 
@@ -65,12 +66,6 @@ client_id = "coaps-{uid}"
 _RESPONSE = re.compile(r"v:1 t:(?:CON|NON|ACK|RST) c:(\d\.\d\d) i:[0-9a-f]+ \{[0-9a-f]*\}.*?(?: :: '(.*)')?$")
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _client(*args: str, program: str = "coap-client-openssl", wait: int = 3) -> tuple[str | None, str, str]:
     """Runs libcoap's client; (the response code or None, its payload, the whole trace)."""
     proc = subprocess.run(
@@ -107,20 +102,13 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]
 @pytest.fixture(scope="module")
 def coap_target() -> Iterator[int]:
     """libcoap's example server (``/`` answers a greeting): the proxy listener's target."""
-    port = _free_udp_port()
-    proc = subprocess.Popen(
-        ["coap-server-notls", "-A", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    yield port
-    proc.terminate()
-    proc.wait(5)
+    with libcoap_server() as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
 def gw(mqtt_broker: Mosquitto, coap_target: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
-    publish_port, proxy_port = _free_udp_port(), _free_udp_port()
+    publish_port, proxy_port = free_udp_port(), free_udp_port()
     config = CONFIG.format(
         publish_port=publish_port,
         proxy_port=proxy_port,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +19,10 @@ from OpenSSL import SSL
 from ferryman.config import load_settings
 from ferryman.protocols.coap.dtls_cert import DtlsTerminator, split_records
 from ferryman.protocols.coap.listener import CoapListener
+from tests.coap_support import free_udp_port, libcoap_server
 from tests.http_support import Subscriber
 from tests.servers import GatewayProcess, Mosquitto
-from tests.test_coap_dtls import _client, _free_udp_port
+from tests.test_coap_dtls import _client
 
 CONFIG = """
 shutdown_timeout = 3.0
@@ -111,23 +111,16 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]
 
 @pytest.fixture(scope="module")
 def coap_target() -> Iterator[int]:
-    """libcoap's example server: the proxy listener's target (as in tests/test_coap_dtls.py)."""
-    port = _free_udp_port()
-    proc = subprocess.Popen(
-        ["coap-server-notls", "-A", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    yield port
-    proc.terminate()
-    proc.wait(5)
+    """libcoap's example server: the proxy listener's target."""
+    with libcoap_server() as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
 def gw(
     mqtt_broker: Mosquitto, dev_pki: Path, coap_target: int, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gw]:
-    mtls_port, tls_port, proxy_port = _free_udp_port(), _free_udp_port(), _free_udp_port()
+    mtls_port, tls_port, proxy_port = free_udp_port(), free_udp_port(), free_udp_port()
     config = CONFIG.format(
         mtls_port=mtls_port,
         tls_port=tls_port,
