@@ -33,6 +33,19 @@ class GatewayError(Exception):
     """The gateway cannot start with these settings (a clear message, no traceback needed)."""
 
 
+def publish_router(chain: HandlerChain, attach_kind: str, listener: str) -> pykka.ActorRef[Any]:
+    """The Router of a publish-mode listener (``target = "mqtt"``), once a bridge handler is registered
+    for the listener's ``attach_kind``; GatewayError when the bridge's MQTT session is not running."""
+    router = chain.router()
+    kinds = router.proxy().kinds().get(timeout=5) if router is not None else {}
+    if router is None or not kinds.get(attach_kind):
+        raise GatewayError(
+            f'listener {listener!r}: publish mode (target = "mqtt") needs the bridge\'s MQTT '
+            "session: add a [bridge.mqtt] table"
+        )
+    return router
+
+
 def load_entry_point(group: str, name: str) -> Any:
     found = [ep for ep in entry_points(group=group) if ep.name == name]
     if not found:

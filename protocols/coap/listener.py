@@ -23,7 +23,7 @@ from loguru import logger
 
 from ferryman.actors.asyncio_host import HostLease
 from ferryman.actors.contracts import Message, Refusal
-from ferryman.actors.gateway import GatewayError
+from ferryman.actors.gateway import GatewayError, publish_router
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 
@@ -78,13 +78,7 @@ class CoapListener(pykka.ThreadingActor):
         target = settings.parsed_target
         self.router: pykka.ActorRef[Any] | None = None
         if target.is_publish:
-            self.router = chain.router()
-            kinds = self.router.proxy().kinds().get(timeout=5) if self.router is not None else {}
-            if not kinds.get(ATTACH):
-                raise GatewayError(
-                    f'listener {settings.name!r}: publish mode (target = "mqtt") needs the bridge\'s MQTT '
-                    "session: add a [bridge.mqtt] table"
-                )
+            self.router = publish_router(chain, ATTACH, settings.name)
         self.lease = HostLease()
         self.host = self.lease.host
         self.dtls = bool(settings.psk)

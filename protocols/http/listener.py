@@ -9,7 +9,7 @@ import pykka
 from loguru import logger
 
 from ferryman.actors.contracts import Message, Refusal
-from ferryman.actors.gateway import GatewayError
+from ferryman.actors.gateway import publish_router
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 from ferryman.protocols.tls.server import TlsTerminator
@@ -51,13 +51,7 @@ class HttpListener(pykka.ThreadingActor):
         self.router: pykka.ActorRef[Any] | None = None
         upstream = None
         if target.is_publish:
-            self.router = chain.router()
-            kinds = self.router.proxy().kinds().get(timeout=5) if self.router is not None else {}
-            if not kinds.get(ATTACH):
-                raise GatewayError(
-                    f'listener {settings.name!r}: publish mode (target = "mqtt") needs the bridge\'s MQTT '
-                    "session: add a [bridge.mqtt] table"
-                )
+            self.router = publish_router(chain, ATTACH, settings.name)
         else:
             upstream = Upstream(target, settings.target_tls, settings.connect_timeout)
         self.upstream = upstream
