@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .pki import (
     _BACKDATE,
+    _ca_usage,
     _cert_pem,
     _Issued,
     _issued_record,
@@ -58,20 +59,6 @@ def _load_pair(directory: Path, stem: str) -> _Issued:
     key = serialization.load_pem_private_key((directory / f"{stem}.key").read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return _Issued(stem, cert, key)
-
-
-def _ca_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def _make_sub_ca(
