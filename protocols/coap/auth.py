@@ -54,6 +54,7 @@ __all__ = [
     "check",
     "credentials_of",
     "notify_unsubscribe",
+    "queries_without_auth",
     "refusal_message",
     "remote_of",
     "topic_of",
@@ -140,10 +141,14 @@ def _dtls_identity(request: aiocoap.Message) -> str | None:
     return None
 
 
+def queries_without_auth(queries: Iterable[str]) -> tuple[str, ...]:
+    """The Uri-Query values minus the ``auth`` one (what is forwarded)."""
+    return tuple(q for q in queries if q.partition("=")[0] != AUTH_KEY)
+
+
 def without_auth(request: aiocoap.Message) -> aiocoap.Message:
     """A copy of ``request`` whose Uri-Query has no ``auth`` option (what is forwarded)."""
-    kept = tuple(q for q in request.opt.uri_query if q.partition("=")[0] != AUTH_KEY)
-    return request.copy(uri_query=kept)
+    return request.copy(uri_query=queries_without_auth(request.opt.uri_query))
 
 
 def topic_of(request: aiocoap.Message) -> str:

@@ -57,7 +57,7 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 
 from ferryman.actors.contracts import Grant
 
-from .auth import Entry, Principal, authenticate, check
+from .auth import AUTH_KEY, Entry, Principal, authenticate, check
 from .codec import (
     ACCEPT,
     ACK,
@@ -91,7 +91,6 @@ if TYPE_CHECKING:
 __all__ = ["SLOW_ENV", "FastProxy", "block_key", "fast_path_enabled"]
 
 SLOW_ENV = "COAP_PROXY_SLOW_LISTENERS"
-AUTH_KEY = "auth"
 
 _GET, _POST, _PUT, _DELETE = 1, 2, 3, 4
 _METHODS = frozenset({_GET, _POST, _PUT, _DELETE})

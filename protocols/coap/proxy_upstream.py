@@ -26,9 +26,10 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.numbers.types import NON
 from loguru import logger
 
+from .auth import queries_without_auth
+
 __all__ = ["HOP_OPTIONS", "Upstream", "UpstreamError", "forwarded_request", "relayed_response"]
 
-AUTH_KEY = "auth"
 
 #: Options of the client <-> gateway hop: never forwarded (Uri-Path and Uri-Query are rebuilt).
 HOP_OPTIONS = frozenset(
@@ -110,7 +111,7 @@ def forwarded_request(
     opt.uri_path = prefix + tuple(request.opt.uri_path)
     query = request.opt.uri_query
     if query:
-        opt.uri_query = tuple(q for q in query if q.partition("=")[0] != AUTH_KEY)
+        opt.uri_query = queries_without_auth(query)
     if observe is not None:
         opt.observe = observe
     out.remote = remote
