@@ -30,9 +30,10 @@ from ferryman.actors.metrics import PacketCounters
 from ferryman.protocols.tls.server import NO_PEER
 
 from . import codec, pump
+from .coalesce import ReadCoalescer
 from .constants import ConnackV3
 from .errors import MessageRateTooHigh, MqttError, ProtocolError, UnsupportedProtocolVersion
-from .framing import Frame, Framer
+from .framing import Frame, Framer, Run
 from .limits import RateLimiter
 from .packets import Connack, Connect, Disconnect
 from .refusals import connack_code, disconnect_code, metric_reason
@@ -340,11 +341,11 @@ class MqttConnection:
                 if not reads % FAIR_READS:
                     gevent.sleep(0)  # a socket that always has data never blocks, so never lets others run
                 if data:
-                    buf, frames = framer.feed(data)
+                    buf, frames = framer.feed_runs(data)
                     if frames:
                         if limiter is not None:
                             self._limit(limiter, buf, frames, len(data))
-                        out, replies = pump.process_up(self, buf, frames, counters.counts)
+                        out, replies = pump.process_up(self, buf, frames, counters.counts, framer.last_runs)
                         if out:
                             self.send_upstream(out)
                         if replies:
@@ -367,9 +368,9 @@ class MqttConnection:
         except (OSError, ValueError) as exc:  # ValueError: an SSL socket closed by another greenlet
             self.close(f"client socket: {exc}")
 
-    def _limit(self, limiter: RateLimiter, buf: bytes, frames: list[Frame], nbytes: int) -> None:
+    def _limit(self, limiter: RateLimiter, buf: bytes, frames: list[Frame | Run], nbytes: int) -> None:
         """Hold the chunk until the device is within its publish rate, or disconnect it."""
-        publishes = sum(1 for start, _, _ in frames if buf[start] >> 4 == 3)
+        publishes = sum((f[2] - f[0]) // f[3] if len(f) == 4 else 1 for f in frames if buf[f[0]] >> 4 == 3)
         debt = limiter.take(publishes, nbytes)
         if debt <= 0:
             return
@@ -384,6 +385,7 @@ class MqttConnection:
         assert self.upstream is not None
         framer = Framer()  # the broker enforces its own limits; the client's maximum is its own business
         counters = self._down_counters
+        coalescer = ReadCoalescer(self.upstream)
         reads = 0
         try:
             while True:
@@ -391,16 +393,20 @@ class MqttConnection:
                 if not reads % FAIR_READS:
                     gevent.sleep(0)
                 try:
+                    coalescer.wait()
                     data = self.upstream.recv(CHUNK)
                 except (OSError, ValueError) as exc:
                     self._upstream_lost(f"broker socket: {exc}")
                     return
+                coalescer.seen(len(data))
                 if not data:
                     self._upstream_lost("broker closed the connection")
                     return
-                buf, frames = framer.feed(data)
+                buf, frames = framer.feed_runs(data)
                 if frames:
-                    out, upstream_replies, close_after = pump.process_down(self, buf, frames, counters.counts)
+                    out, upstream_replies, close_after = pump.process_down(
+                        self, buf, frames, counters.counts, framer.last_runs
+                    )
                     if self._early is not None and self.connected:
                         out += b"".join(self._early)  # in the same write, right after the CONNACK
                         self._early = None

@@ -15,8 +15,9 @@ from . import codec
 from .codec import publish_fields
 from .constants import ReasonCode
 from .errors import MalformedPacket, ProtocolError
-from .framing import Frame
+from .framing import Frame, Run
 from .packets import Puback, Pubcomp, Publish, Pubrec, Suback, Unsuback
+from .runs import same_known_topic
 
 if TYPE_CHECKING:
     from .proxy import MqttConnection
@@ -134,11 +135,55 @@ def _remember(cache: set[bytes], buf: bytes, body: int) -> None:
     cache.add(buf[body + 2 : body + 2 + ((buf[body] << 8) | buf[body + 1])])
 
 
-def _emit(buf: bytes, frames: list[Frame], splice: _Splice | None) -> bytes:
-    end = frames[-1][2]
+def _emit(buf: bytes, end: int, splice: _Splice | None) -> bytes:
     if splice is not None:
         return splice.result(buf, end)
     return buf if end == len(buf) else buf[:end]
+
+
+def _settle_runs(
+    conn: MqttConnection, buf: bytes, frames: list[Frame | Run], counts: list[int], valid: bytes, up: bool
+) -> list[Frame]:
+    """Take the runs the grant lets through unread out of ``frames`` (counted here, and passed on by
+    ``_emit`` with the bytes around them) and split the others into their packets for the
+    packet-by-packet path. Only PUBLISH runs are judged as a block."""
+    out: list[Frame] = []
+    for frame in frames:
+        if len(frame) == 3:
+            out.append(frame)
+            continue
+        start, body, end, size = frame
+        first = buf[start]
+        if first >> 4 == PUBLISH and valid[first] and _run_passes(conn, buf, start, body, end, size, up):
+            counts[PUBLISH] += (end - start) // size
+            continue
+        hl = body - start
+        out.extend((s, s + hl, s + size) for s in range(start, end, size))
+    return out
+
+
+def _run_passes(
+    conn: MqttConnection, buf: bytes, start: int, body: int, end: int, size: int, up: bool
+) -> bool:
+    """Whether the grant lets every PUBLISH of a run through unread, as ``_known_topic`` (or the
+    ``*_all`` shortcuts) would for each of them."""
+    grant = conn.grant
+    v5 = conn.version == 5
+    if up:
+        if conn.ctx.chain.wants_publish:
+            return False
+        if grant.publish_all and not v5:
+            return True
+        if not grant.publish_by_topic or grant.interceptors:
+            return False
+        known = conn.allowed_up
+    else:
+        if grant.deliver_all and not v5:
+            return True
+        if not grant.deliver_by_topic or grant.interceptors:
+            return False
+        known = conn.allowed_down
+    return same_known_topic(known, buf, start, body, size, (end - start) // size, v5)
 
 
 def _decode(conn: MqttConnection, buf: bytes, start: int, body: int, end: int) -> Any:
@@ -157,18 +202,21 @@ def _ack(conn: MqttConnection, qos: int, pid: int, code: int, local_rel: set[int
 
 
 def process_up(
-    conn: MqttConnection, buf: bytes, frames: list[Frame], counts: list[int]
+    conn: MqttConnection, buf: bytes, frames: list[Frame | Run], counts: list[int], runs: int = 0
 ) -> tuple[bytes, list[bytes]]:
-    """Device -> broker. Returns (bytes for the broker, replies for the device)."""
+    """Device -> broker. Returns (bytes for the broker, replies for the device). ``runs``: how many of
+    ``frames`` are runs (``Framer.feed_runs``)."""
     grant = conn.grant
     v5 = conn.version == 5
     chain = conn.ctx.chain
     valid = VALID_UP[conn.version]
+    last = frames[-1][2]
+    packets = _settle_runs(conn, buf, frames, counts, valid, True) if runs else frames
     splice: _Splice | None = None
     replies: list[bytes] = []
     plain = grant.publish_by_topic and not grant.interceptors and not chain.wants_publish
     cache = conn.allowed_up if plain else None
-    for start, body, end in frames:
+    for start, body, end in packets:  # type: ignore[misc]
         first = buf[start]
         if not valid[first]:
             raise MalformedPacket(f"invalid packet type or flags 0x{first:02x} from the client")
@@ -242,7 +290,7 @@ def process_up(
             conn.client_disconnected = True
         elif grant.interceptors:
             splice = _intercept_other(conn, buf, start, body, end, splice, Direction.UP)
-    return _emit(buf, frames, splice), replies
+    return _emit(buf, last, splice), replies
 
 
 def _filters(
@@ -323,17 +371,20 @@ def _intercept_other(
 
 
 def process_down(
-    conn: MqttConnection, buf: bytes, frames: list[Frame], counts: list[int]
+    conn: MqttConnection, buf: bytes, frames: list[Frame | Run], counts: list[int], runs: int = 0
 ) -> tuple[bytes, list[bytes], str]:
-    """Broker -> device. Returns (bytes for the device, replies for the broker, a close reason or "")."""
+    """Broker -> device. Returns (bytes for the device, replies for the broker, a close reason or "").
+    ``runs`` as for ``process_up``."""
     grant = conn.grant
     v5 = conn.version == 5
     valid = VALID_DOWN[conn.version]
+    last = frames[-1][2]
+    packets = _settle_runs(conn, buf, frames, counts, valid, False) if runs else frames
     splice: _Splice | None = None
     replies: list[bytes] = []
     close_after = ""
     cache = conn.allowed_down if grant.deliver_by_topic and not grant.interceptors else None
-    for start, body, end in frames:
+    for start, body, end in packets:  # type: ignore[misc]
         first = buf[start]
         if not valid[first]:
             raise MalformedPacket(f"invalid packet type or flags 0x{first:02x} from the broker")
@@ -423,4 +474,4 @@ def process_down(
             close_after = "broker sent DISCONNECT"
         elif grant.interceptors:
             splice = _intercept_other(conn, buf, start, body, end, splice, Direction.DOWN)
-    return _emit(buf, frames, splice), replies, close_after
+    return _emit(buf, last, splice), replies, close_after

@@ -6,14 +6,20 @@ stream, not on frame boundaries (MQTT 5.0 §6), and a large frame costs no more 
 
 Why not gevent-websocket's or wsproto's frame reader: both step through Python per frame and per byte of
 work (gevent-websocket unmasks in a Python loop, one byte at a time), and an MQTT client sends one frame
-per packet. Here a read of many small frames is unmasked in one big-integer XOR (C speed) after one short
-Python step per frame header; see bench/ws_throughput.py and docs/websocket.md for the figures.
+per packet. Here a read of mixed frames costs one short Python step per frame header and one vector XOR
+for all their payloads; a run of frames of one shape (a device flooding one topic, a broker delivering
+one size of message) is checked, unmasked and stripped as a block (``protocols/mqtt/runs.py``) with no
+Python step per frame at all. See bench/ws_throughput.py and docs/websocket.md for the figures.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+
+import numpy as np
+
+from ferryman.protocols.mqtt import runs
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -51,9 +57,15 @@ class FrameError(Exception):
         self.code = code
 
 
+SMALL = 256  # bytes: below this a big-integer XOR beats numpy's call overhead
+RUN_RETRY = 32  # frames stepped through one by one after a run was looked for and not found
+
+
 def unmask(data: bytes, key: bytes) -> bytes:
-    """``data`` XOR the repeated 4-byte ``key``: one big-integer XOR, linear and in C."""
+    """``data`` XOR the repeated 4-byte ``key`` (RFC 6455 §5.3), in C either way."""
     n = len(data)
+    if n >= SMALL:
+        return runs.unmask(data, key)
     if not n:
         return b""
     keys = (key * ((n >> 2) + 1))[:n]
@@ -90,7 +102,7 @@ class FrameDecoder:
     from a server must not (RFC 6455 §5.1).
     """
 
-    __slots__ = ("_fragmented", "_key", "_left", "_pending", "control", "masked")
+    __slots__ = ("_fragmented", "_key", "_left", "_pending", "_retry", "control", "masked")
 
     def __init__(self, masked: bool) -> None:
         self.masked = masked
@@ -99,12 +111,14 @@ class FrameDecoder:
         self._left = 0  # payload bytes of the current data frame still to come
         self._key = b""  # its masking key, rotated to where the payload continues
         self._fragmented = False  # inside a binary message whose last frame has not come yet
+        self._retry = 0  # frames to step through before looking for a run again
 
     def feed(self, data: bytes) -> bytes:
         buf = self._pending + data if self._pending else data
         n = len(buf)
         pos = 0
-        payloads: list[bytes] = []
+        out: list[bytes] = []  # payload bytes ready to hand on
+        payloads: list[bytes] = []  # payloads of frames stepped through, not unmasked yet
         keys: list[bytes] = []  # the masking key stream aligned with payloads (masked side only)
         masked = self.masked
         if self._left:
@@ -155,6 +169,22 @@ class FrameDecoder:
                         "continuation frame out of place" if opcode == 0 else "frame inside a message"
                     )
                 self._fragmented = not fin
+                size = head + length
+                if b0 == 0x82 and length < 65536 and n - pos >= runs.RUN_MIN * size:
+                    if self._retry > 0:
+                        self._retry -= 1
+                    else:
+                        count = runs.run_length(buf, pos, n, size, head - 4 if masked else head)
+                        if count:
+                            _settle(payloads, keys, out, masked)
+                            out.append(
+                                runs.masked_payloads(buf, pos, size, count, head)
+                                if masked
+                                else runs.rows(buf, pos, size, count)[:, head:].tobytes()
+                            )
+                            pos += count * size
+                            continue
+                        self._retry = RUN_RETRY
                 take = min(length, n - start)
                 payloads.append(buf[start : start + take])
                 if masked:
@@ -177,14 +207,26 @@ class FrameDecoder:
             self.control.append((opcode, unmask(body, key) if masked else body))
             pos = start + length
         self._pending = buf[pos:] if pos < n else b""
-        if not payloads:
+        _settle(payloads, keys, out, masked)
+        if not out:
             return b""
-        joined = payloads[0] if len(payloads) == 1 else b"".join(payloads)
-        if not masked:
-            return joined
-        return _xor(joined, b"".join(keys))
+        return out[0] if len(out) == 1 else b"".join(out)
+
+
+def _settle(payloads: list[bytes], keys: list[bytes], out: list[bytes], masked: bool) -> None:
+    """Move the payloads stepped through so far to ``out``, unmasked with their key stream."""
+    if not payloads:
+        return
+    joined = payloads[0] if len(payloads) == 1 else b"".join(payloads)
+    payloads.clear()
+    if masked:
+        joined = _xor(joined, b"".join(keys))
+        keys.clear()
+    out.append(joined)
 
 
 def _xor(data: bytes, keys: bytes) -> bytes:
     n = len(data)
+    if n >= SMALL:
+        return (np.frombuffer(data, np.uint8) ^ np.frombuffer(keys, np.uint8)).tobytes()
     return (int.from_bytes(data, "little") ^ int.from_bytes(keys, "little")).to_bytes(n, "little")
