@@ -40,6 +40,7 @@ BRIDGE_MQTT_SCHEMES = ("tcp", "tls", "ws", "wss")
 PATH_PREFIX_PROTOCOLS = ("mqtt-ws", "http")
 PSK_PROTOCOLS = ("coap",)
 SECURE_TARGET_SCHEMES = ("tls", "wss", "https", "coaps")
+MAX_FLOOD_BATCH_WAIT = 0.1  # seconds: flood_batch_wait delays messages by up to this much
 MIN_PACKET_SIZE, MAX_PACKET_SIZE = 16, 268435460  # MQTT: fixed header + the largest Remaining Length
 
 # Listener names end up in logs and metric labels: keep them plain.
@@ -150,7 +151,15 @@ def _listener(r: TableReader) -> ListenerSettings:
         publish_bytes_rate=r.positive_number("publish_bytes_rate", 0.0, allow_zero=True),
         rate_limit_action=r.string("rate_limit_action", "throttle", RATE_LIMIT_ACTIONS),
         socket_buffer=r.integer("socket_buffer", 0, 0, 64 * 1024 * 1024),
+        flood_batch_wait=_flood_batch_wait(r),
     )
+
+
+def _flood_batch_wait(r: TableReader) -> float:
+    value = r.positive_number("flood_batch_wait", 0.005, allow_zero=True)
+    if value > MAX_FLOOD_BATCH_WAIT:
+        r.report("flood_batch_wait", f"at most {MAX_FLOOD_BATCH_WAIT} s (it delays messages), got {value}")
+    return value
 
 
 def _psk(r: TableReader, protocol: str) -> dict[str, str]:

@@ -83,6 +83,7 @@ _LISTENER = Table(
         "publish_bytes_rate": Kind.FLOAT,
         "rate_limit_action": Kind.STR,
         "socket_buffer": Kind.INT,
+        "flood_batch_wait": Kind.FLOAT,
     }
 )
 

@@ -124,6 +124,8 @@ class ListenerSettings:
     publish_bytes_rate: float = 0.0  # bytes/s of client packets per connection; 0 = unlimited
     rate_limit_action: str = "throttle"  # throttle (stop reading: TCP backpressure) | disconnect (5.0: 0x96)
     socket_buffer: int = 0  # SO_SNDBUF/SO_RCVBUF of device sockets, bytes; 0 = the OS default
+    #: mqtt / mqtt-ws: seconds a flooded broker side may wait to be read in 16 KiB batches; 0 = off
+    flood_batch_wait: float = 0.005
 
     __repr__ = _masked_repr
 

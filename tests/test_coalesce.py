@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from ferryman.protocols.mqtt.coalesce import LOW_WATER, ReadCoalescer
+from ferryman.protocols.mqtt.coalesce import BATCH, ReadCoalescer
+
+WAIT = 0.005
 
 
 @pytest.fixture
@@ -32,19 +34,19 @@ def lowat(sock: socket.socket) -> int:
 
 def test_after_a_big_read_it_waits_then_puts_the_mark_back(pair: tuple[socket.socket, socket.socket]) -> None:
     writer, reader = pair
-    coalescer = ReadCoalescer(reader)
-    writer.sendall(b"a" * (LOW_WATER + 100))
+    coalescer = ReadCoalescer(reader, WAIT)
+    writer.sendall(b"a" * (BATCH + 100))
     coalescer.wait()  # not flooding yet: returns at once
     got = 0
-    while got < LOW_WATER + 100:
+    while got < BATCH + 100:
         got += len(reader.recv(1 << 20))
     coalescer.seen(got)  # a big read: flooding
-    coalescer.wait()  # nothing queued: gives up after MAX_WAIT
+    coalescer.wait()  # nothing queued: gives up after WAIT
     assert lowat(reader) == 1
     writer.sendall(b"lone")
     coalescer.wait()
     assert lowat(reader) == 1
-    assert reader.recv(100) == b"lone"  # would time out if the mark were still LOW_WATER
+    assert reader.recv(100) == b"lone"  # would time out if the mark were still BATCH
     coalescer.seen(4)
     writer.sendall(b"b" * 10)
     coalescer.wait()
@@ -53,21 +55,21 @@ def test_after_a_big_read_it_waits_then_puts_the_mark_back(pair: tuple[socket.so
 
 def test_a_small_read_never_enters_the_wait(pair: tuple[socket.socket, socket.socket]) -> None:
     _writer, reader = pair
-    coalescer = ReadCoalescer(reader)
-    coalescer.seen(LOW_WATER - 1)
+    coalescer = ReadCoalescer(reader, WAIT)
+    coalescer.seen(BATCH - 1)
     reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 7)  # a mark the coalescer must not touch
     coalescer.wait()
     assert lowat(reader) == 7
 
 
 def test_tls_and_other_streams_are_left_alone() -> None:
-    assert ReadCoalescer(object())._sock is None
+    assert ReadCoalescer(object(), WAIT)._sock is None
     ctx = ssl.create_default_context()
     raw = socket.socket()
     tls = ctx.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
     try:
-        coalescer = ReadCoalescer(tls)
-        coalescer.seen(LOW_WATER * 2)
+        coalescer = ReadCoalescer(tls, WAIT)
+        coalescer.seen(BATCH * 2)
         coalescer.wait()  # no setsockopt on an unconnected TLS socket: returns at once
         assert coalescer._sock is None
     finally:
@@ -77,7 +79,7 @@ def test_tls_and_other_streams_are_left_alone() -> None:
 def test_a_closed_socket_or_an_adapter_without_one_is_left_alone() -> None:
     closed = socket.socket()
     closed.close()
-    assert ReadCoalescer(closed)._sock is None  # fileno() of a closed gevent socket raises EBADF
+    assert ReadCoalescer(closed, WAIT)._sock is None  # fileno() of a closed gevent socket raises EBADF
 
     class Adapter:
         def __init__(self, sock: socket.socket) -> None:
@@ -85,6 +87,15 @@ def test_a_closed_socket_or_an_adapter_without_one_is_left_alone() -> None:
 
     raw = socket.socket()
     try:
-        assert ReadCoalescer(Adapter(raw))._sock is raw
+        assert ReadCoalescer(Adapter(raw), WAIT)._sock is raw
     finally:
         raw.close()
+
+
+def test_a_wait_of_zero_turns_it_off(pair: tuple[socket.socket, socket.socket]) -> None:
+    _writer, reader = pair
+    coalescer = ReadCoalescer(reader, 0.0)
+    coalescer.seen(BATCH * 2)
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 7)
+    coalescer.wait()
+    assert lowat(reader) == 7  # never set: flood_batch_wait = 0 leaves the socket as it is

@@ -709,3 +709,18 @@ def test_psk_validation(tmp_path: Path) -> None:
     ]
     text = PSK_LISTENER.format(protocol="coap", target="mqtt", psk="").replace("[listener.psk]", "psk = 1")
     assert paths(write(tmp_path, text)) == ["listener[0].psk"]
+
+
+def test_flood_batch_wait_is_bounded(tmp_path: Path) -> None:
+    base = '[[listener]]\nname = "mqtt"\nprotocol = "mqtt"\naddress = "127.0.0.1:1884"\n'
+    base += 'target = "tcp://127.0.0.1:1883"\n'
+    assert issues(write(tmp_path, base + "flood_batch_wait = 0.5\n")) == [
+        ("listener[0].flood_batch_wait", "at most 0.1 s (it delays messages), got 0.5")
+    ]
+    assert issues(write(tmp_path, base + "flood_batch_wait = -1\n")) == [
+        ("listener[0].flood_batch_wait", "must be a finite number >= 0 (0 turns it off), got -1")
+    ]
+    assert (
+        load_settings(write(tmp_path, base + "flood_batch_wait = 0\n"), env={}).listeners[0].flood_batch_wait
+        == 0
+    )

@@ -160,6 +160,7 @@ def test_settings_to_dict(tmp_path: Path) -> None:
                 "publish_bytes_rate": 0.0,
                 "rate_limit_action": "throttle",
                 "socket_buffer": 0,
+                "flood_batch_wait": 0.005,
             }
         ],
         "auth": {"handler": "allow-all"},

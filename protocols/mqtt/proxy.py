@@ -45,8 +45,12 @@ __all__ = ["MqttConnection", "Stream"]
 
 CHUNK = 65536
 # A pump yields to the other greenlets after this many reads in a row: gevent switches only when a socket
-# would block, and a flooding device (or a broker faster than the device) never does.
-FAIR_READS = 8
+# would block, and a flooding device (or a broker faster than the device) never does. Device -> broker
+# pumps yield after every read, broker -> device pumps after FAIR_READS_DOWN: when the gateway is short of
+# CPU it delivers before it accepts more, so a flood backs up into the publishers' TCP sockets instead of
+# being accepted, passed to the broker and dropped there (QoS 0) for want of a reader on the way out.
+FAIR_READS_UP = 1
+FAIR_READS_DOWN = 8
 CONNECT = 1
 REASON_STRING = 31  # MQTT 5 properties
 AUTHENTICATION_METHOD = 21
@@ -338,7 +342,7 @@ class MqttConnection:
         try:
             while True:
                 reads += 1
-                if not reads % FAIR_READS:
+                if not reads % FAIR_READS_UP:
                     gevent.sleep(0)  # a socket that always has data never blocks, so never lets others run
                 if data:
                     buf, frames = framer.feed_runs(data)
@@ -385,12 +389,12 @@ class MqttConnection:
         assert self.upstream is not None
         framer = Framer()  # the broker enforces its own limits; the client's maximum is its own business
         counters = self._down_counters
-        coalescer = ReadCoalescer(self.upstream)
+        coalescer = ReadCoalescer(self.upstream, self.ctx.settings.flood_batch_wait)
         reads = 0
         try:
             while True:
                 reads += 1
-                if not reads % FAIR_READS:
+                if not reads % FAIR_READS_DOWN:
                     gevent.sleep(0)
                 try:
                     coalescer.wait()
