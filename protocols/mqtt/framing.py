@@ -15,12 +15,11 @@ from __future__ import annotations
 from typing import cast
 
 from .errors import MalformedPacket, PacketTooLarge
-from .runs import RUN_MIN, run_length
+from .runs import RUN_MIN, RUN_RETRY, run_length
 
 __all__ = ["MAX_REMAINING_LENGTH", "Frame", "Framer", "Run", "encode_remaining_length"]
 
 MAX_REMAINING_LENGTH = 268_435_455
-RUN_RETRY = 32  # packets stepped through one by one after a run was looked for and not found
 
 # (start, body, end): buf[start] is the first byte, buf[body:end] the variable header and payload.
 Frame = tuple[int, int, int]

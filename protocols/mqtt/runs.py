@@ -16,10 +16,12 @@ from collections.abc import Container
 
 import numpy as np
 
-__all__ = ["RUN_MIN", "masked_payloads", "rows", "run_length", "same_known_topic", "unmask"]
+__all__ = ["RUN_MIN", "RUN_RETRY", "masked_payloads", "rows", "run_length", "same_known_topic", "unmask"]
 
 #: Packets (or frames) of one shape in a row before the vector path pays for itself.
 RUN_MIN = 16
+#: Packets (or frames) stepped through one by one after a run was looked for and not found.
+RUN_RETRY = 32
 #: A run whose topic changes more often than once per this many packets is left to the packet-by-packet path.
 TOPIC_SPAN = 4
 

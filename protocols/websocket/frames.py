@@ -58,7 +58,6 @@ class FrameError(Exception):
 
 
 SMALL = 256  # bytes: below this a big-integer XOR beats numpy's call overhead
-RUN_RETRY = 32  # frames stepped through one by one after a run was looked for and not found
 
 
 def unmask(data: bytes, key: bytes) -> bytes:
@@ -184,7 +183,7 @@ class FrameDecoder:
                             )
                             pos += count * size
                             continue
-                        self._retry = RUN_RETRY
+                        self._retry = runs.RUN_RETRY
                 take = min(length, n - start)
                 payloads.append(buf[start : start + take])
                 if masked:
