@@ -31,6 +31,7 @@ from .http_mqtt import MqttPublisher
 __all__ = ["MQTT_MESSAGE", "CoapMqttBridge", "MqttCoapPort"]
 
 MQTT_MESSAGE = "mqtt.message"
+OWNER = "coap"  # this bridge's name for its filters on the shared MQTT session
 
 
 class MqttCoapPort:
@@ -92,7 +93,6 @@ class CoapMqttBridge(HandlerActor):
         self._keys = itertools.count(1)
         self._receivers: dict[int, tuple[str, Deliver]] = {}
         self._by_filter: dict[str, set[int]] = {}
-        self._borrowed: set[str] = set()  # filters the MQTT session had before CoAP wanted them
 
     def handle(self, message: Message) -> None:
         if message.kind == MQTT_MESSAGE:
@@ -123,11 +123,10 @@ class CoapMqttBridge(HandlerActor):
         keys.add(key)
         if len(keys) > 1:
             return key, None
-        if topic_filter in self._mqtt.filters().get(timeout=5):
-            self._borrowed.add(topic_filter)
-            return key, None
+        # The session counts its owners: if XMPP users want this filter too, no second SUBSCRIBE goes out,
+        # and when the last CoAP observer leaves the filter stays for them (and the other way round).
         logger.info("bridge: subscribing {} for CoAP observers", topic_filter)
-        future: pykka.Future[bool] = self._mqtt.subscribe(topic_filter)
+        future: pykka.Future[bool] = self._mqtt.subscribe(topic_filter, owner=OWNER)
         return key, future
 
     def remove_receiver(self, key: int) -> None:
@@ -142,11 +141,8 @@ class CoapMqttBridge(HandlerActor):
         if keys:
             return
         del self._by_filter[topic_filter]
-        if topic_filter in self._borrowed:
-            self._borrowed.discard(topic_filter)
-            return
-        logger.info("bridge: unsubscribing {}: its last CoAP observer left", topic_filter)
-        self._mqtt.unsubscribe.defer(topic_filter)
+        logger.info("bridge: {}: its last CoAP observer left", topic_filter)
+        self._mqtt.unsubscribe.defer(topic_filter, owner=OWNER)
 
     def receivers(self) -> dict[str, int]:
         """Filter -> how many CoAP receivers (for tests and diagnostics)."""

@@ -50,6 +50,7 @@ __all__ = ["XMPP_CHAT", "XmppMqttBridge"]
 
 XMPP_CHAT = "xmpp.chat"
 MQTT_MESSAGE = "mqtt.message"
+OWNER = "xmpp"  # this bridge's name for its filters on the shared MQTT session
 
 
 class XmppMqttBridge(HandlerActor):
@@ -86,7 +87,8 @@ class XmppMqttBridge(HandlerActor):
         saved = self.store.load()
         self.registry.load(saved)
         for topic_filter in sorted(self.registry.all_filters()):
-            self.mqtt.subscribe.defer(topic_filter)  # remembered by the client even while disconnected
+            # remembered by the client even while disconnected
+            self.mqtt.subscribe.defer(topic_filter, owner=OWNER)
         if self.marks_store is not None:
             for jid, topics in self.marks_store.load().items():
                 for topic in topics:
@@ -129,7 +131,7 @@ class XmppMqttBridge(HandlerActor):
                 self._reply(jid, reply_error(error))
                 return
             if self.registry.add(jid, command.filter):
-                self.mqtt.subscribe.defer(command.filter)
+                self.mqtt.subscribe.defer(command.filter, owner=OWNER)
             self.store.add(jid, command.filter)
             self._unmark(jid, command.filter)  # the last command decides: plain rendering again
             self._reply(jid, reply_subscribed(command.filter))
@@ -138,7 +140,7 @@ class XmppMqttBridge(HandlerActor):
                 self._reply(jid, reply_error(f"not subscribed to {command.filter}"))
                 return
             if self.registry.remove(jid, command.filter):
-                self.mqtt.unsubscribe.defer(command.filter)
+                self.mqtt.unsubscribe.defer(command.filter, owner=OWNER)
                 if self.smartgrid is not None and command.filter.startswith(self.smartgrid_root):
                     self.smartgrid.forget.defer(command.filter)
             self.store.remove(jid, command.filter)
@@ -168,7 +170,7 @@ class XmppMqttBridge(HandlerActor):
             self._reply(jid, reply_error(error))
             return
         if self.registry.add(jid, topic):
-            self.mqtt.subscribe.defer(topic)
+            self.mqtt.subscribe.defer(topic, owner=OWNER)
         self.store.add(jid, topic)
         if (jid, topic) not in self._marks:
             self._marks.add((jid, topic))

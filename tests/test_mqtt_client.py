@@ -215,3 +215,36 @@ def test_disconnected_client_remembers_filters_and_bounds_its_queue(
     overflow = client.publish_async("later/x", b"overflow").get(timeout=TIMEOUT)
     assert overflow.done and overflow.wait(0) is False and overflow.reason == "queue full"
     assert client.publish("later/x", b"qos0", qos=0).get(timeout=TIMEOUT) is False
+
+
+def test_a_filter_wanted_by_two_owners_is_subscribed_once_and_kept_for_the_last(
+    broker: Mosquitto, start_client: Callable[..., Any]
+) -> None:
+    """The XMPP and the CoAP bridge share one MQTT session: when both want a filter, the second gets no
+    second SUBSCRIBE (the retained message is not delivered twice), and the first one leaving does not
+    unsubscribe the other's filter. Only the last owner's unsubscribe stops delivery."""
+    base = f"owners/{uid()}"
+    pub = publisher(broker.port)
+    sink = Collector()
+    client = start_client(broker.port, f"bridge-{uid()}", sink)
+    connected(client)
+    try:
+        pub.publish(f"{base}/r", b"retained", qos=1, retain=True)
+        assert client.subscribe(f"{base}/#", owner="coap").get(timeout=TIMEOUT) is True
+        sink.wait_payload(b"retained")
+        assert client.subscribe(f"{base}/#", owner="xmpp").get(timeout=TIMEOUT) is True
+        assert client.unsubscribe(f"{base}/#", owner="coap").get(timeout=TIMEOUT) is True
+        assert client.filters().get(timeout=TIMEOUT) == {f"{base}/#": 1}
+        pub.publish(f"{base}/a", b"still for xmpp", qos=1)
+        sink.wait_payload(b"still for xmpp")
+        assert client.unsubscribe(f"{base}/#", owner="xmpp").get(timeout=TIMEOUT) is True
+        assert client.filters().get(timeout=TIMEOUT) == {}
+        pub.publish(f"{base}/a", b"nobody wants this", qos=1)
+        pub.publish(f"{base}/r", b"", qos=1, retain=True)  # clear the retained message
+        client.subscribe(f"{base}/control").get(timeout=TIMEOUT)
+        pub.publish(f"{base}/control", b"control", qos=1)  # same publisher: arrives after the others
+        sink.wait_payload(b"control")
+    finally:
+        pub.disconnect()
+    assert sink.payloads(f"{base}/r") == [b"retained"]  # once: the second owner sent no SUBSCRIBE
+    assert b"nobody wants this" not in sink.payloads()

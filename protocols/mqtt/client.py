@@ -216,6 +216,7 @@ class MqttClientActor(pykka.ThreadingActor):
         self.ack_timeout = ack_timeout
         self.publish_timeout = publish_timeout
         self._filters: dict[str, int] = {}
+        self._owners: dict[str, set[str]] = {}  # filter -> who asked for it (subscribe / unsubscribe owner)
         self._connected = False
         self._connects = 0
         self._lock = threading.Lock()  # guards _pending and _early only; never held while calling paho
@@ -288,7 +289,16 @@ class MqttClientActor(pykka.ThreadingActor):
     def filters(self) -> dict[str, int]:
         return dict(self._filters)
 
-    def subscribe(self, topic_filter: str, qos: int = 1) -> bool:
+    def subscribe(self, topic_filter: str, qos: int = 1, owner: str = "") -> bool:
+        """Subscribe (or remember until connected) on behalf of ``owner``. Several owners (the XMPP and
+        the CoAP bridge) may want one filter: a second owner adds itself without a second SUBSCRIBE (the
+        broker would send the filter's retained messages again), and ``unsubscribe`` sends UNSUBSCRIBE
+        only when the last owner lets go."""
+        owners = self._owners.setdefault(topic_filter, set())
+        shared = bool(owners - {owner})
+        owners.add(owner)
+        if shared and topic_filter in self._filters:
+            return self._connected
         self._filters[topic_filter] = qos
         if not self._connected:
             logger.debug("MQTT client {}: {} remembered until connected", self.client_id, topic_filter)
@@ -305,7 +315,14 @@ class MqttClientActor(pykka.ThreadingActor):
             return False
         return True
 
-    def unsubscribe(self, topic_filter: str) -> bool:
+    def unsubscribe(self, topic_filter: str, owner: str = "") -> bool:
+        owners = self._owners.get(topic_filter)
+        if owners is not None:
+            owners.discard(owner)
+            if owners:
+                logger.debug("MQTT client {}: {} still wanted by {}", self.client_id, topic_filter, owners)
+                return True
+            del self._owners[topic_filter]
         self._filters.pop(topic_filter, None)
         if not self._connected:
             return False
