@@ -141,7 +141,7 @@ class CoapMqttBridge(HandlerActor):
         if keys:
             return
         del self._by_filter[topic_filter]
-        logger.info("bridge: {}: its last CoAP observer left", topic_filter)
+        logger.info("bridge: unsubscribing {}: its last CoAP observer left", topic_filter)
         self._mqtt.unsubscribe.defer(topic_filter, owner=OWNER)
 
     def receivers(self) -> dict[str, int]:

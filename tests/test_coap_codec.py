@@ -35,8 +35,9 @@ def test_encode_then_parse_round_trips(
 
 
 # What aiocoap keeps byte for byte: opaque options (ETag, If-Match, unknown numbers) and UTF-8 string options
-# (uint options it would re-encode in their shortest form).
-_opaque = st.tuples(st.sampled_from([1, 4, 258, 1000, 2048, 65000]), st.binary(max_size=300))
+# (uint options it would re-encode in their shortest form: 258 is No-Response, RFC 7967, a uint to aiocoap,
+# so its b"\x00" comes back as b"", which hypothesis found).
+_opaque = st.tuples(st.sampled_from([1, 4, 1000, 2048, 3000, 65000]), st.binary(max_size=300))
 _text = st.tuples(st.sampled_from([8, 11, 15]), st.text(max_size=40).map(str.encode))
 faithful = st.lists(st.one_of(_opaque, _text), max_size=6).map(lambda opts: sorted(opts, key=lambda o: o[0]))
 faithful_messages = st.tuples(

@@ -7,6 +7,7 @@ with the wrong key, or if a topic check accepts a run with a packet the per-pack
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import struct
@@ -202,3 +203,36 @@ def test_same_known_topic_on_one_encoded_topic() -> None:
     size = len(packet)
     assert runs.same_known_topic({b"dev1/t"}, buf, 0, 2, size, 40, False)
     assert not runs.same_known_topic({b"dev1/u"}, buf, 0, 2, size, 40, False)
+
+
+# ----------------------------------------------------------------------------------------- corrupted runs
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_corrupted_runs_only_ever_raise_the_protocol_errors(data: st.DataObject) -> None:
+    """A run with bytes overwritten anywhere (headers in the middle, lengths, keys, topic lengths past the
+    packet, zero packet ids): the decoders raise their protocol errors or carry on, the topic check
+    answers True or False, and nothing else escapes."""
+    from ferryman.protocols.mqtt.errors import MqttError
+    from ferryman.protocols.websocket.frames import FrameError
+
+    body = data.draw(st.sampled_from([7, 44, 130]))  # remaining length: topic "a/b", packet id, payload
+    count = data.draw(st.integers(runs.RUN_MIN, 3 * runs.RUN_MIN))
+    packet = bytes((0x32,)) + _remaining(body) + b"\x00\x03a/b\x00\x01" + b"p" * (body - 7)
+    stream = bytearray(packet * count)
+    for _ in range(data.draw(st.integers(1, 6))):
+        stream[data.draw(st.integers(0, len(stream) - 1))] = data.draw(st.integers(0, 255))
+    mqtt = bytes(stream)
+    with contextlib.suppress(MqttError):
+        Framer().feed_runs(mqtt)
+    hl = len(packet) - body
+    for v5 in (False, True):
+        assert runs.same_known_topic({b"a/b"}, mqtt, 0, hl, len(packet), count, v5) in (True, False)
+    masked = data.draw(st.booleans())
+    chunks = [mqtt[i : i + 40] for i in range(0, len(mqtt), 40)]
+    wire = bytearray(b"".join(frame(c, masked, os.urandom(4)) for c in chunks))
+    for _ in range(data.draw(st.integers(1, 6))):
+        wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(FrameError):
+        FrameDecoder(masked=masked).feed(bytes(wire))
