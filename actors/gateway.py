@@ -26,6 +26,7 @@ from .router import Router
 __all__ = ["Gateway", "GatewayError", "load_entry_point"]
 
 T = TypeVar("T")
+HEALTH_TIMEOUT = 1.0  # seconds a part may take to say how it is, in /health
 ListenerFactory = Any  # a pykka actor class: cls.start(settings, chain, metrics) -> ActorRef
 
 
@@ -176,13 +177,33 @@ class Gateway:
     # -- observability ---------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         listeners = {name: ref.is_alive() for name, ref in self.listeners.items()}
-        ok = bool(listeners) and all(listeners.values()) and not self.stopping
+        # A bridge-only gateway (no listeners) is healthy too: it was answering 503 for ever.
+        ok = bool(listeners or self.parts) and all(listeners.values()) and not self.stopping
         return {
             "status": "ok" if ok else "unavailable",
             "listeners": listeners,
             "handlers": [ref.actor_class.__name__ for ref in self.handlers if ref.is_alive()],
+            "parts": self._parts_health(),
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,
         }
+
+    def _parts_health(self) -> dict[str, Any]:
+        """What each part that can tell (an actor with a ``health()`` method, e.g. the bridge's MQTT and
+        XMPP sessions) says of itself; informative, it does not change ``status`` (a broker outage would
+        otherwise get a healthy gateway restarted)."""
+        out: dict[str, Any] = {}
+        for part in self.parts:
+            tells = isinstance(part, pykka.ActorRef) and callable(getattr(part.actor_class, "health", None))
+            if not tells:
+                continue
+            name = part.actor_class.__name__
+            try:
+                out[name] = part.proxy().health().get(timeout=HEALTH_TIMEOUT)
+            except pykka.ActorDeadError:
+                out[name] = {"alive": False}
+            except pykka.Timeout:
+                out[name] = {"alive": True, "error": f"no answer within {HEALTH_TIMEOUT} s"}
+        return out
 
     def listener_address(self, name: str) -> tuple[str, int]:
         address: tuple[str, int] = self.listeners[name].proxy().bound_address().get(timeout=5)

@@ -215,3 +215,28 @@ def test_refused_topics_for_a_jid_with_rules(
     assert reply(host, alice, lambda b: True) == "error: not allowed to publish to other/x"
     say(host, alice, "subscribe sensors/a/#")
     assert reply(host, alice, lambda b: True) == "subscribed sensors/a/#"
+
+
+def test_health_tells_how_the_bridge_sessions_are(gateway: GatewayProcess) -> None:
+    """/health lists the bridge's MQTT and XMPP sessions: connected once they are, and the gateway's status
+    stays "ok" meanwhile (the bridge's state is information, not a reason to restart the gateway)."""
+    import json
+    import urllib.request
+
+    def health() -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{gateway.port}/health", timeout=5) as r:
+            assert r.status == 200
+            state: dict[str, Any] = json.loads(r.read())
+            return state
+
+    deadline = time.monotonic() + 30
+    while True:
+        state = health()
+        parts = state["parts"]
+        if parts["MqttClientActor"]["connected"] and parts["XmppSession"]["connected"]:
+            break
+        assert time.monotonic() < deadline, f"the bridge sessions never connected: {parts}"
+        time.sleep(0.2)
+    assert state["status"] == "ok"
+    assert parts["MqttClientActor"]["connects"] >= 1
+    assert parts["XmppSession"]["queued"] == 0

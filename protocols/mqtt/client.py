@@ -283,6 +283,10 @@ class MqttClientActor(pykka.ThreadingActor):
     def is_connected(self) -> bool:
         return self._connected
 
+    def health(self) -> dict[str, Any]:
+        """For the gateway's /health: connected to the broker, reconnects so far, filters held."""
+        return {"connected": self._connected, "connects": self._connects, "filters": len(self._filters)}
+
     def connect_count(self) -> int:
         return self._connects
 

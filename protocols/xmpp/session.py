@@ -121,6 +121,10 @@ class XmppSession(pykka.ThreadingActor):
     def is_connected(self) -> bool:
         return self._connected
 
+    def health(self) -> dict[str, Any]:
+        """For the gateway's /health: connected to the XMPP server, messages waiting to be sent."""
+        return {"connected": self._connected, "queued": len(self._queue)}
+
     def _supervisor_failed(self, exc: BaseException) -> None:  # hub
         logger.opt(exception=exc).error("xmpp session {}: supervisor failed", self._settings.jid)
 
