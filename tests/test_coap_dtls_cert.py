@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +26,7 @@ from tests.coap_support import free_udp_port, libcoap_server
 from tests.http_support import Subscriber
 from tests.servers import GatewayProcess, Mosquitto
 from tests.test_coap_dtls import _client
+from tests.test_coap_mqtt import _notifications
 
 CONFIG = """
 shutdown_timeout = 3.0
@@ -149,6 +153,48 @@ def test_client_certificate_publishes_without_a_password(gw: Gw, mqtt_broker: Mo
     assert sub.messages() == ["1 0 sensors/device/temp 21.5"]
     code, _, out = gw.post(gw.mtls_port, "dev1/x", "1")
     assert code == "4.03", out  # the grant is the certificate's user's
+
+
+def test_observe_over_dtls_with_a_client_certificate(gw: Gw, mqtt_broker: Mosquitto) -> None:
+    """Observe on the mTLS listener, logged in by the certificate alone: the certificate's user may
+    subscribe to example_data, MQTT messages come as notifications over the DTLS session, and the MQTT
+    subscription goes when the observer leaves. A filter outside that user's grant is 4.03."""
+    pki = ["-R", str(gw.pki / "ca.crt"), "-c", str(gw.pki / "client.crt"), "-j", str(gw.pki / "client.key")]
+    url = f"coaps://127.0.0.1:{gw.mtls_port}/example_data"
+    obs = subprocess.Popen(
+        ["coap-client-openssl", "-v", "7", "-s", "6", "-m", "get", *pki, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(obs.stdout or []), daemon=True)
+    reader.start()
+
+    def publish_until_notified(payload: str) -> None:
+        deadline = time.monotonic() + 10
+        while payload not in _notifications("".join(lines)):  # the bridge's SUBACK comes asynchronously
+            assert time.monotonic() < deadline, "".join(lines)[-2000:]
+            mqtt = ["mosquitto_pub", "-p", str(mqtt_broker.port), "-t", "example_data", "-m", payload]
+            subprocess.run(mqtt, check=True, timeout=10)
+            time.sleep(0.2)
+
+    try:
+        publish_until_notified("m1")
+        publish_until_notified("m2")
+        obs.wait(timeout=20)
+    finally:
+        if obs.poll() is None:
+            obs.kill()
+    reader.join(5)
+    notes = _notifications("".join(lines))
+    assert notes[0] == "" and notes[-1] == "m2", notes  # the registration's answer first
+    deadline = time.monotonic() + 10
+    while "unsubscribing example_data: its last CoAP observer left" not in gw.proc.stderr():
+        assert time.monotonic() < deadline, gw.proc.stderr()[-2000:]
+        time.sleep(0.05)
+    code, _, out = gw.request(gw.mtls_port, "sensors/%23", "-m", "get", "-s", "1")
+    assert code == "4.03", out
 
 
 def test_refused_certificates_get_no_session_and_publish_nothing(gw: Gw, mqtt_broker: Mosquitto) -> None:
