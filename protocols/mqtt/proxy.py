@@ -44,12 +44,11 @@ if TYPE_CHECKING:
 __all__ = ["MqttConnection", "Stream"]
 
 CHUNK = 65536
-# A pump yields to the other greenlets after this many reads in a row: gevent switches only when a socket
-# would block, and a flooding device (or a broker faster than the device) never does. Device -> broker
-# pumps yield after every read, broker -> device pumps after FAIR_READS_DOWN: when the gateway is short of
-# CPU it delivers before it accepts more, so a flood backs up into the publishers' TCP sockets instead of
-# being accepted, passed to the broker and dropped there (QoS 0) for want of a reader on the way out.
-FAIR_READS_UP = 1
+# The pumps yield to the other greenlets regularly: gevent switches only when a socket would block, and a
+# flooding device (or a broker faster than the device) never does. Device -> broker pumps yield before
+# every read, broker -> device pumps every FAIR_READS_DOWN reads: when the gateway is short of CPU it
+# delivers before it accepts more, so a flood backs up into the publishers' TCP sockets instead of being
+# accepted, passed to the broker and dropped there (QoS 0) for want of a reader on the way out.
 FAIR_READS_DOWN = 8
 CONNECT = 1
 REASON_STRING = 31  # MQTT 5 properties
@@ -338,12 +337,9 @@ class MqttConnection:
         counters = self._up_counters
         limiter = RateLimiter.for_settings(self.ctx.settings)
         data = rest
-        reads = 0
         try:
             while True:
-                reads += 1
-                if not reads % FAIR_READS_UP:
-                    gevent.sleep(0)  # a socket that always has data never blocks, so never lets others run
+                gevent.sleep(0)  # a socket that always has data never blocks, so never lets others run
                 if data:
                     buf, frames = framer.feed_runs(data)
                     if frames:

@@ -142,11 +142,19 @@ def _emit(buf: bytes, end: int, splice: _Splice | None) -> bytes:
 
 
 def _settle_runs(
-    conn: MqttConnection, buf: bytes, frames: list[Frame | Run], counts: list[int], valid: bytes, up: bool
+    buf: bytes,
+    frames: list[Frame | Run],
+    counts: list[int],
+    valid: bytes,
+    pass_all: bool,
+    known: set[bytes] | None,
+    v5: bool,
 ) -> list[Frame]:
     """Take the runs the grant lets through unread out of ``frames`` (counted here, and passed on by
     ``_emit`` with the bytes around them) and split the others into their packets for the
-    packet-by-packet path. Only PUBLISH runs are judged as a block."""
+    packet-by-packet path. Only PUBLISH runs are judged as a block, by the same rule the per-packet loop
+    applies to each: ``pass_all`` (every PUBLISH passes unread), else every topic ``known`` on this
+    connection (``runs.same_known_topic``, the run-wide ``_known_topic``)."""
     out: list[Frame] = []
     for frame in frames:
         if len(frame) == 3:
@@ -154,36 +162,17 @@ def _settle_runs(
             continue
         start, body, end, size = frame
         first = buf[start]
-        if first >> 4 == PUBLISH and valid[first] and _run_passes(conn, buf, start, body, end, size, up):
-            counts[PUBLISH] += (end - start) // size
-            continue
+        count = (end - start) // size
+        if first >> 4 == PUBLISH and valid[first]:
+            passes = pass_all or (
+                known is not None and same_known_topic(known, buf, start, body, size, count, v5)
+            )
+            if passes:
+                counts[PUBLISH] += count
+                continue
         hl = body - start
         out.extend((s, s + hl, s + size) for s in range(start, end, size))
     return out
-
-
-def _run_passes(
-    conn: MqttConnection, buf: bytes, start: int, body: int, end: int, size: int, up: bool
-) -> bool:
-    """Whether the grant lets every PUBLISH of a run through unread, as ``_known_topic`` (or the
-    ``*_all`` shortcuts) would for each of them."""
-    grant = conn.grant
-    v5 = conn.version == 5
-    if up:
-        if conn.ctx.chain.wants_publish:
-            return False
-        if grant.publish_all and not v5:
-            return True
-        if not grant.publish_by_topic or grant.interceptors:
-            return False
-        known = conn.allowed_up
-    else:
-        if grant.deliver_all and not v5:
-            return True
-        if not grant.deliver_by_topic or grant.interceptors:
-            return False
-        known = conn.allowed_down
-    return same_known_topic(known, buf, start, body, size, (end - start) // size, v5)
 
 
 def _decode(conn: MqttConnection, buf: bytes, start: int, body: int, end: int) -> Any:
@@ -210,12 +199,13 @@ def process_up(
     v5 = conn.version == 5
     chain = conn.ctx.chain
     valid = VALID_UP[conn.version]
-    last = frames[-1][2]
-    packets = _settle_runs(conn, buf, frames, counts, valid, True) if runs else frames
     splice: _Splice | None = None
     replies: list[bytes] = []
+    pass_all = grant.publish_all and not v5 and not chain.wants_publish
     plain = grant.publish_by_topic and not grant.interceptors and not chain.wants_publish
     cache = conn.allowed_up if plain else None
+    last = frames[-1][2]
+    packets = _settle_runs(buf, frames, counts, valid, pass_all, cache, v5) if runs else frames
     for start, body, end in packets:  # type: ignore[misc]
         first = buf[start]
         if not valid[first]:
@@ -223,7 +213,7 @@ def process_up(
         ptype = first >> 4
         counts[ptype] += 1
         if ptype == PUBLISH:
-            if grant.publish_all and not v5 and not chain.wants_publish:
+            if pass_all:
                 continue
             if cache is not None and _known_topic(cache, buf, body, end, first, v5):
                 continue
@@ -378,12 +368,13 @@ def process_down(
     grant = conn.grant
     v5 = conn.version == 5
     valid = VALID_DOWN[conn.version]
-    last = frames[-1][2]
-    packets = _settle_runs(conn, buf, frames, counts, valid, False) if runs else frames
     splice: _Splice | None = None
     replies: list[bytes] = []
     close_after = ""
+    pass_all = grant.deliver_all and not v5
     cache = conn.allowed_down if grant.deliver_by_topic and not grant.interceptors else None
+    last = frames[-1][2]
+    packets = _settle_runs(buf, frames, counts, valid, pass_all, cache, v5) if runs else frames
     for start, body, end in packets:  # type: ignore[misc]
         first = buf[start]
         if not valid[first]:
@@ -391,7 +382,7 @@ def process_down(
         ptype = first >> 4
         counts[ptype] += 1
         if ptype == PUBLISH:
-            if grant.deliver_all and not v5:
+            if pass_all:
                 continue
             if cache is not None and _known_topic(cache, buf, body, end, first, v5):
                 continue
