@@ -255,7 +255,7 @@ def _tls(r: TableReader) -> TlsSettings:
         ocsp_responder_url=ocsp_responder_url,
         crl_file=crl_file,
         crl_url=crl_url,
-        verify_depth=r.integer("verify_depth", 1, 1, 16),
+        verify_depth=r.integer("verify_depth", 16, 1, 16),
         revocation_timeout=r.positive_number("revocation_timeout", 3.0),
         revocation_fail_open=r.boolean("revocation_fail_open", False),
         ocsp_nonce=r.boolean("ocsp_nonce", True),

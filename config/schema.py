@@ -78,7 +78,8 @@ class TlsSettings:
     ocsp_responder_url: str = ""  # overrides the certificate's AIA
     crl_file: str = ""  # offline CRL
     crl_url: str = ""  # overrides the certificate's CRL distribution point
-    verify_depth: int = 1  # certificates checked for revocation, from the client's upward (1 = the client's)
+    #: certificates checked for revocation, from the client's upward; 16 (the default) = the whole chain
+    verify_depth: int = 16
     revocation_timeout: float = 3.0  # seconds for one OCSP request or CRL download
     revocation_fail_open: bool = False  # accept when OCSP / the CRL can't be had (default: refuse)
     ocsp_nonce: bool = True  # send a nonce and require it back

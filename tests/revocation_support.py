@@ -46,7 +46,7 @@ def tls_settings(pki: Path, **overrides: Any) -> SimpleNamespace:
         "ocsp_responder_url": "",
         "crl_file": "",
         "crl_url": "",
-        "verify_depth": 1,
+        "verify_depth": 16,
         "revocation_timeout": 3.0,
         "revocation_fail_open": False,
         "ocsp_nonce": True,

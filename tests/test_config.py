@@ -479,7 +479,7 @@ def test_revocation_options(tmp_path: Path) -> None:
         load_settings(write(tmp_path, LISTENER + base + 'verify = ["ocsp"]\n'), env={}).listeners[0].tls
     )
     assert defaults is not None
-    assert (defaults.verify_depth, defaults.revocation_fail_open, defaults.ocsp_nonce) == (1, False, True)
+    assert (defaults.verify_depth, defaults.revocation_fail_open, defaults.ocsp_nonce) == (16, False, True)
     bad = (
         LISTENER
         + base

@@ -59,6 +59,7 @@ LISTENERS: dict[str, str] = {
     "revocation_timeout = 1.0\nrevocation_fail_open = true",
     "chain-depth2": 'verify = ["ocsp", "crl"]\nverify_depth = 2',
     "chain-depth1": 'verify = ["ocsp", "crl"]\nverify_depth = 1',
+    "chain-default": 'verify = ["ocsp", "crl"]',  # no verify_depth: the whole chain
 }
 NAMES = list(LISTENERS)
 
@@ -217,6 +218,15 @@ def test_depth_two_refuses_a_client_under_a_revoked_intermediate(gw: GatewayProc
     )
     accepted(gw, pki, "chain-depth1", "chain-client-of-revoked")  # only the leaf is checked at depth 1
     accepted(gw, pki, "chain-depth1", "chain-client")
+    # the default checks the whole chain: a client under a revoked intermediate CA is refused
+    accepted(gw, pki, "chain-default", "chain-client")
+    refused(
+        gw,
+        pki,
+        "chain-default",
+        "chain-client-of-revoked",
+        "CA certificate 'ferryman revoked intermediate CA' revoked",
+    )
 
 
 def test_responder_command_serves_ocsp_and_crls_and_certs_revoke(tmp_path: Path) -> None:
