@@ -65,6 +65,18 @@ class Metrics:
         self.actors.set_function(_count_actors)
         self.greenlets = Gauge("ferryman_greenlets", "Greenlets alive", registry=r)
         self.greenlets.set_function(_count_greenlets)
+        self.coap_observations = Gauge(
+            "ferryman_coap_observations", "CoAP observations open now", ["listener"], registry=r
+        )
+        self.bridge_subscriptions = Gauge(
+            "ferryman_bridge_subscriptions", "XMPP bridge subscriptions held (JID, filter)", registry=r
+        )
+        self.bridge_commands_refused = Counter(
+            "ferryman_bridge_commands_refused",
+            "XMPP bridge commands refused by a limit (rate, per-JID or total subscriptions) or not allowed",
+            ["reason"],
+            registry=r,
+        )
         self._children: dict[tuple[str, str], tuple[list[Any], Any]] = {}
 
     def children(self, listener: str, direction: str) -> tuple[list[Any], Any]:

@@ -35,6 +35,7 @@ PROTOCOLS = tuple(SCHEMES_BY_PROTOCOL)
 VERIFY_CHECKS = ("ocsp", "crl")
 RATE_LIMIT_ACTIONS = ("throttle", "disconnect")
 REFUSED_PUBLISH_V3 = ("ack", "disconnect")
+CLIENT_ID_BINDINGS = ("identity", "none")  # [auth] client_id_binding (actors/client_ids.py)
 XMPP_MODES = ("component", "client")
 BRIDGE_MQTT_SCHEMES = ("tcp", "tls", "ws", "wss")
 PATH_PREFIX_PROTOCOLS = ("mqtt-ws", "http")
@@ -152,6 +153,15 @@ def _listener(r: TableReader) -> ListenerSettings:
         rate_limit_action=r.string("rate_limit_action", "throttle", RATE_LIMIT_ACTIONS),
         socket_buffer=r.integer("socket_buffer", 0, 0, 64 * 1024 * 1024),
         flood_batch_wait=_flood_batch_wait(r),
+        max_user_properties=r.integer("max_user_properties", 64, 1, 65535),
+        max_topic_filters=r.integer("max_topic_filters", 128, 1, 65535),
+        header_timeout=r.positive_number("header_timeout", 10.0),
+        body_timeout=r.positive_number("body_timeout", 60.0),
+        idle_timeout=r.positive_number("idle_timeout", 60.0),
+        forward_authorization=r.boolean("forward_authorization", False),
+        max_observations=r.integer("max_observations", 4096, 1, 1_000_000),
+        max_observations_per_peer=r.integer("max_observations_per_peer", 64, 1, 1_000_000),
+        observe_check_interval=r.positive_number("observe_check_interval", 120.0),
     )
 
 
@@ -323,7 +333,12 @@ def _auth(r: TableReader) -> AuthSettings:
             )
         elif user.identity:
             identities[user.identity] = format_key_path(reader.path)
-    return AuthSettings(handler=handler, users=users, options=r.free("options"))
+    return AuthSettings(
+        handler=handler,
+        users=users,
+        options=r.free("options"),
+        client_id_binding=r.string("client_id_binding", "identity", CLIENT_ID_BINDINGS),
+    )
 
 
 def _user(r: TableReader) -> UserSettings:
@@ -419,4 +434,26 @@ def _bridge_xmpp(r: TableReader) -> BridgeXmppSettings:
         r.report("store", "must not be empty")
     rules = tuple(_jid_rule(reader) for reader in r.tables("rules"))
     ca_file = _file(r, "ca_file")
-    return BridgeXmppSettings(mode, jid, secret, server, allowed_jids, store, rules, ca_file)
+    defaults: dict[str, tuple[str, ...]] = {}
+    for key in ("default_publish", "default_subscribe"):
+        defaults[key] = r.strings(key) if key in r.data else ("#",)  # [] is allowed: nothing without a rule
+        for index, topic_filter in enumerate(defaults[key]):
+            problem = filter_error(topic_filter)
+            if problem:
+                r.ctx.report((*r.path, key, index), f"{topic_filter!r}: {problem}")
+    return BridgeXmppSettings(
+        mode,
+        jid,
+        secret,
+        server,
+        allowed_jids,
+        store,
+        rules,
+        ca_file,
+        max_subscriptions_per_jid=r.integer("max_subscriptions_per_jid", 100, 1, 1_000_000),
+        max_subscriptions=r.integer("max_subscriptions", 10000, 1, 10_000_000),
+        command_rate=r.positive_number("command_rate", 5.0, allow_zero=True),
+        command_burst=r.integer("command_burst", 20, 1, 1_000_000),
+        default_publish=defaults["default_publish"],
+        default_subscribe=defaults["default_subscribe"],
+    )

@@ -84,6 +84,15 @@ _LISTENER = Table(
         "rate_limit_action": Kind.STR,
         "socket_buffer": Kind.INT,
         "flood_batch_wait": Kind.FLOAT,
+        "max_user_properties": Kind.INT,  # mqtt / mqtt-ws
+        "max_topic_filters": Kind.INT,  # mqtt / mqtt-ws
+        "max_observations": Kind.INT,  # coap
+        "max_observations_per_peer": Kind.INT,  # coap
+        "observe_check_interval": Kind.FLOAT,  # coap
+        "header_timeout": Kind.FLOAT,  # http
+        "body_timeout": Kind.FLOAT,  # http
+        "idle_timeout": Kind.FLOAT,  # http
+        "forward_authorization": Kind.BOOL,  # http
     }
 )
 
@@ -104,7 +113,14 @@ ROOT = Table(
         "log": Table({"level": Kind.STR, "format": Kind.STR}),
         "metrics": Table({"address": Kind.STR}),
         "listener": TableArray(_LISTENER),
-        "auth": Table({"handler": Kind.STR, "users": TableArray(_USER), "options": Kind.FREE}),
+        "auth": Table(
+            {
+                "handler": Kind.STR,
+                "users": TableArray(_USER),
+                "options": Kind.FREE,
+                "client_id_binding": Kind.STR,
+            }
+        ),
         "handler": TableArray(Table({"name": Kind.STR, "options": Kind.FREE})),
         "bridge": Table(
             {
@@ -120,6 +136,12 @@ ROOT = Table(
                         "allowed_jids": Kind.STRS,
                         "store": Kind.STR,
                         "ca_file": Kind.STR,
+                        "max_subscriptions_per_jid": Kind.INT,
+                        "max_subscriptions": Kind.INT,
+                        "command_rate": Kind.FLOAT,
+                        "command_burst": Kind.INT,
+                        "default_publish": Kind.STRS,
+                        "default_subscribe": Kind.STRS,
                         "rules": TableArray(
                             Table({"jid": Kind.STR, "publish": Kind.STRS, "subscribe": Kind.STRS})
                         ),

@@ -127,6 +127,21 @@ class ListenerSettings:
     socket_buffer: int = 0  # SO_SNDBUF/SO_RCVBUF of device sockets, bytes; 0 = the OS default
     #: mqtt / mqtt-ws: seconds a flooded broker side may wait to be read in 16 KiB batches; 0 = off
     flood_batch_wait: float = 0.005
+    #: mqtt / mqtt-ws: user properties a client packet may carry (MQTT 5); more: CONNACK / DISCONNECT 0x95
+    max_user_properties: int = 64
+    #: mqtt / mqtt-ws: topic filters in one SUBSCRIBE / UNSUBSCRIBE; more: DISCONNECT 0x95 (3.1.1: close)
+    max_topic_filters: int = 128
+    #: http: seconds for a request's head (line + headers) to arrive, in total, from its first byte (or
+    #: from the accept for a new connection's first request)
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0  # http: seconds for a request's whole body to arrive
+    idle_timeout: float = 60.0  # http: seconds a keep-alive connection may wait for its next request
+    forward_authorization: bool = False  # http reverse proxy: pass the client's Authorization header on
+    max_observations: int = 4096  # coap: CoAP observations on this listener at once (all peers)
+    max_observations_per_peer: int = 64  # coap: observations of one peer (address and port)
+    #: coap: seconds an observation may go without a confirmable notification: then the last one is sent
+    #: again as CON (RFC 7641 4.5); a peer that does not acknowledge it (or resets it) loses it
+    observe_check_interval: float = 120.0
 
     __repr__ = _masked_repr
 
@@ -165,6 +180,8 @@ class UserSettings:
 class AuthSettings:
     handler: str = "allow-all"  # allow-all | static | an entry-point name in ferryman.handlers
     users: tuple[UserSettings, ...] = ()
+    #: identity (an MQTT client id belongs to the user / certificate identity that first used it) | none
+    client_id_binding: str = "identity"
     options: Mapping[str, Any] = field(default_factory=FrozenMap)  # free-form, for entry-point handlers
 
     __repr__ = _masked_repr
@@ -223,6 +240,13 @@ class BridgeXmppSettings:
     store: str = "ferryman-bridge.sqlite3"  # where bridge subscriptions persist
     rules: tuple[JidRuleSettings, ...] = ()
     ca_file: str = ""  # client mode: CA for STARTTLS (default: the system's); loopback servers need none
+    max_subscriptions_per_jid: int = 100  # subscriptions one JID may hold; past it `subscribe` is refused
+    max_subscriptions: int = 10000  # subscriptions of all JIDs together
+    command_rate: float = 5.0  # commands per second one JID may send on average; 0 = no limit
+    command_burst: int = 20  # commands one JID may send at once before command_rate applies
+    #: filters of an allowed JID without a [[bridge.xmpp.rules]] entry (`$` topics need an explicit rule)
+    default_publish: tuple[str, ...] = ("#",)
+    default_subscribe: tuple[str, ...] = ("#",)
 
     __repr__ = _masked_repr
 

@@ -161,9 +161,18 @@ def test_settings_to_dict(tmp_path: Path) -> None:
                 "rate_limit_action": "throttle",
                 "socket_buffer": 0,
                 "flood_batch_wait": 0.005,
+                "max_user_properties": 64,
+                "max_topic_filters": 128,
+                "header_timeout": 10.0,
+                "body_timeout": 60.0,
+                "idle_timeout": 60.0,
+                "forward_authorization": False,
+                "max_observations": 4096,
+                "max_observations_per_peer": 64,
+                "observe_check_interval": 120.0,
             }
         ],
-        "auth": {"handler": "allow-all"},
+        "auth": {"handler": "allow-all", "client_id_binding": "identity"},
         "shutdown_timeout": 5.0,
     }
 
