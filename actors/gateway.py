@@ -179,11 +179,20 @@ class Gateway:
         listeners = {name: ref.is_alive() for name, ref in self.listeners.items()}
         # A bridge-only gateway (no listeners) is healthy too: it was answering 503 for ever.
         ok = bool(listeners or self.parts) and all(listeners.values()) and not self.stopping
+        parts = self._parts_health()
+        # The bridge's sessions in one word: "ok", or the first part's that is not (e.g. "flapping": its
+        # MQTT session keeps reconnecting). Informative like "parts": "status" (and the HTTP code) stay.
+        states = [
+            "dead" if not p.get("alive", True) else "unresponsive" if "error" in p else p.get("status", "ok")
+            for p in parts.values()
+        ]
+        bridge = next((state for state in states if state != "ok"), "ok") if parts else None
         return {
             "status": "ok" if ok else "unavailable",
             "listeners": listeners,
             "handlers": [ref.actor_class.__name__ for ref in self.handlers if ref.is_alive()],
-            "parts": self._parts_health(),
+            "parts": parts,
+            **({"bridge": bridge} if bridge is not None else {}),
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,
         }
 

@@ -6,6 +6,7 @@ codec and the bridge use the same functions, so there is one definition of what 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from ferryman.config.topics import filter_error
@@ -15,7 +16,29 @@ __all__ = [
     "filter_error",
     "matches",
     "topic_name_error",
+    "validate_topic_filter",
+    "validate_topic_name",
 ]
+
+#: What MQTT 1.5.4 says a UTF-8 string SHOULD NOT hold and what mosquitto refuses by closing the link
+#: (its ``mosquitto_validate_utf8``): the C0 and C1 control characters and the Unicode non-characters.
+_UNSAFE = re.compile(
+    "[\x01-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff"
+    + "".join(f"{chr(p * 0x10000 + 0xFFFE)}{chr(p * 0x10000 + 0xFFFF)}" for p in range(1, 17))
+    + "]"
+)
+
+
+def _unsafe_error(text: str) -> str | None:
+    """Why ``text`` is not a string a broker takes in a PUBLISH or SUBSCRIBE (beyond U+0000), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not well-formed UTF-8 (a lone surrogate)"
+    bad = _UNSAFE.search(text)
+    if bad is not None:
+        return f"U+{ord(bad.group()):04X} (a control character or non-character) is not allowed"
+    return None
 
 
 def topic_name_error(topic: str) -> str | None:
@@ -28,6 +51,30 @@ def topic_name_error(topic: str) -> str | None:
     if len(topic.encode("utf-8", "surrogatepass")) > 65535:
         return "topic longer than 65535 bytes"
     return None
+
+
+def validate_topic_name(topic: str) -> str | None:
+    """Why ``topic`` may not enter the broker as a PUBLISH topic name, or None: the one rule for every topic
+    the gateway itself publishes (the bridge's session: HTTP publish mode, CoAP -> MQTT, XMPP ``publish``).
+
+    ``topic_name_error`` (what the MQTT codec checks on a device's PUBLISH) plus: not empty (the bridge
+    has no topic alias), well-formed UTF-8, and none of the code points MQTT 1.5.4 says SHOULD NOT be
+    sent, which mosquitto answers by closing the connection. On the bridge's one shared session such a
+    topic would cut every user off, so it is refused here. Cost: linear in the topic's length."""
+    if not topic:
+        return "empty topic name"
+    return topic_name_error(topic) or _unsafe_error(topic)
+
+
+def validate_topic_filter(topic_filter: str) -> str | None:
+    """Why ``topic_filter`` may not be subscribed on the broker, or None: ``filter_error`` (MQTT 4.7, as the
+    codec checks a device's SUBSCRIBE) plus the UTF-8 rules of ``validate_topic_name``."""
+    err = filter_error(topic_filter)
+    if err:
+        return err
+    if len(topic_filter.encode("utf-8", "surrogatepass")) > 65535:
+        return "topic filter longer than 65535 bytes"
+    return _unsafe_error(topic_filter)
 
 
 def _split_shared(topic_filter: str) -> str:

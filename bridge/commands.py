@@ -1,6 +1,6 @@
 """Chat commands of the XMPP<->MQTT bridge: parse one message, build the reply texts.
 
-The contract (DESIGN.md, "XMPP commands"): ``subscribe <filter>``, ``unsubscribe <filter>``,
+The contract (docs/architecture.md, "The bridge"): ``subscribe <filter>``, ``unsubscribe <filter>``,
 ``publish <topic> <payload…>``, ``list``, ``help``; verbs are case-insensitive and words are separated by any
 run of whitespace. Anything else parses to ``Help`` carrying the reason, so the reply tells the user what was
 wrong before the usage text.
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ferryman.actors.topics import filter_error, topic_name_error
+from ferryman.actors.topics import validate_topic_filter, validate_topic_name
 
 __all__ = [
     "Command",
@@ -92,8 +92,9 @@ def usage_text() -> str:
 
 
 def validate_filter(topic_filter: str) -> str | None:
-    """Why ``topic_filter`` may not be subscribed through the bridge, or None."""
-    err = filter_error(topic_filter)
+    """Why ``topic_filter`` may not be subscribed through the bridge, or None (the broker's rules:
+    ``validate_topic_filter``, the one check the bridge's MQTT session applies too)."""
+    err = validate_topic_filter(topic_filter)
     if err:
         return f"invalid filter {topic_filter!r}: {err}"
     if topic_filter.startswith("$share/"):
@@ -102,10 +103,9 @@ def validate_filter(topic_filter: str) -> str | None:
 
 
 def validate_topic(topic: str) -> str | None:
-    """Why ``topic`` may not be published to through the bridge, or None."""
-    if not topic:
-        return "invalid topic '': empty topic name"
-    err = topic_name_error(topic)
+    """Why ``topic`` may not be published to through the bridge, or None (``validate_topic_name``: the
+    rules of a device's PUBLISH plus no control characters, which would make the broker drop the link)."""
+    err = validate_topic_name(topic)
     if err:
         return f"invalid topic {topic!r}: {err}"
     return None

@@ -57,6 +57,17 @@ def load_settings(
     else:
         source = os.fspath(path)
         raw = _read_toml(source)
+        if not raw:
+            # Empty, blank or comments only: most likely a file caught between truncate and write. Taken as
+            # "the defaults" it would drop every user and revoke every session on a SIGHUP: refused.
+            raise SettingsError(
+                source,
+                [
+                    SettingIssue(
+                        "", "the settings file is empty (no keys at all); write `listener = []` for none"
+                    )
+                ],
+            )
         base_dir = os.path.dirname(os.path.abspath(source))
     if "listener" not in raw:
         raw["listener"] = [dict(DEFAULT_LISTENER)]

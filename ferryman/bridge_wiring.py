@@ -15,7 +15,7 @@ from ferryman.bridge.http_mqtt import HttpMqttBridge
 from ferryman.bridge.smartgrid import SmartgridRules
 from ferryman.bridge.smartgrid_handler import SmartgridHandler
 from ferryman.bridge.store import Store
-from ferryman.bridge.xmpp_mqtt import MQTT_MESSAGE, XMPP_CHAT, XmppMqttBridge
+from ferryman.bridge.xmpp_mqtt import MQTT_MESSAGE, XMPP_CHAT, CommandLimits, XmppMqttBridge
 from ferryman.protocols.coap.publish import ATTACH as COAP_PUBLISH_ATTACH
 from ferryman.protocols.http.publish import ATTACH as HTTP_PUBLISH_ATTACH
 from ferryman.protocols.mqtt.client import MqttClientActor
@@ -70,12 +70,19 @@ def build_bridge(gateway: Gateway) -> list[Any]:
         xmpp=xmpp,
         mqtt=mqtt,
         store=Store(bridge.xmpp.store),
-        authz=BridgeAuthz(bridge.xmpp.allowed_jids, rules),
+        authz=BridgeAuthz(
+            bridge.xmpp.allowed_jids,
+            rules,
+            default_publish=bridge.xmpp.default_publish,
+            default_subscribe=bridge.xmpp.default_subscribe,
+        ),
         settings=gateway.settings,
         router=gateway.router,
         smartgrid=smartgrid,
         smartgrid_root=smartgrid_root,
         smartgrid_marks=marks,
+        limits=CommandLimits.from_settings(bridge.xmpp),
+        metrics=gateway.metrics,
     )
     parts.append(handler)
     router = gateway.router.proxy()

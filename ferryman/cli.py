@@ -100,9 +100,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             logger.info("SIGHUP: no settings file to reload")
             return
         try:
-            gateway.reload(_load(args.config))
+            new = _load(args.config)
         except SettingsError as exc:
-            logger.error("SIGHUP: settings not reloaded:\n{}", exc)
+            logger.error("SIGHUP: settings not reloaded (the running ones stay):\n{}", exc)
+            return
+        problem = _reload_problem(gateway.settings, new)
+        if problem:
+            logger.error("SIGHUP: settings not reloaded (the running ones stay): {}: {}", new.source, problem)
+            return
+        gateway.reload(new)
 
     _raise_fd_limit(settings)
     handlers = [
@@ -122,6 +128,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         for h in handlers:
             h.cancel()
     return 0
+
+
+def _reload_problem(running: Settings, new: Settings) -> str | None:
+    """Why ``new`` must not replace ``running`` on a SIGHUP, or None. A file caught half-written (a
+    truncate-then-write deploy) can parse; one that would remove every user of the same auth handler at once
+    would revoke every live session: refused (a restart applies such settings deliberately)."""
+    if running.auth.users and not new.auth.users and running.auth.handler == new.auth.handler:
+        return (
+            f"it would remove all {len(running.auth.users)} user(s) of the {new.auth.handler!r} handler "
+            "and disconnect every session (a half-written file?); restart the gateway to apply it"
+        )
+    return None
 
 
 def _raise_fd_limit(settings: Settings) -> None:

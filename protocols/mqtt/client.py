@@ -26,6 +26,24 @@ API (through ``MqttClientActor.start(...).proxy()``, or ``ask``/``tell`` of ``Ca
 - ``is_connected() -> bool``, ``filters() -> dict[str, int]`` (remembered filter -> QoS),
   ``connect_count() -> int`` (successful CONNACKs so far).
 
+Topics and filters are checked before they reach paho (``ferryman.actors.topics.validate_topic_name`` /
+``validate_topic_filter``, the same rules everywhere): a topic the broker would answer by closing the link
+(a control character, a non-character, a wildcard, bad UTF-8) would otherwise cut off every user of this one
+session and, being in flight, be re-sent after every reconnect. A refused publish resolves at once with
+``Delivery.invalid`` set (the caller maps it to its protocol's "bad request"); a refused filter makes
+``subscribe`` / ``unsubscribe`` return False and is never remembered.
+
+Poison messages. Should a message still make the broker close the link (a rule of a broker this check does
+not know), paho would re-send it after each reconnect for ever. The oldest unacknowledged QoS 1/2 message
+when the link drops within ``poison_window`` seconds of its (re)sending gets a strike; after
+``poison_after`` strikes in a row it is removed from paho's queue, its ``Delivery`` fails and an error is
+logged (``health()`` counts it in ``dropped``). This touches paho's private ``_out_messages``: checked
+against the pinned paho-mqtt 2.x at start-up (``_check_paho_internals``).
+
+Health (``health()``, shown by the gateway's /health): ``status`` is ``ok``, ``disconnected`` or
+``flapping`` (``flap_count`` link losses within ``flap_window`` seconds and no connection stable for
+``stable_after`` seconds since): a session that keeps reconnecting is not ok.
+
 Publishing while disconnected: QoS 1/2 messages are kept in paho's outgoing queue and sent when the
 session is back (with a PUBACK then, so a ``Delivery`` waited long enough still resolves True). The queue
 is bounded by ``max_queued`` (paho's ``max_queued_messages_set``, counting in-flight messages too); past
@@ -43,6 +61,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +78,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ferryman.actors.contracts import Message
+from ferryman.actors.topics import validate_topic_filter, validate_topic_name
 
 __all__ = ["Delivery", "MqttClientActor", "Sink", "parse_url"]
 
@@ -85,6 +106,9 @@ class Delivery:
     _event: threading.Event = field(default_factory=threading.Event, repr=False)
     ok: bool = False
     reason: str = ""
+    #: True when the message was refused before it reached the broker because the caller's topic is not
+    #: one a broker accepts: the caller's mistake (HTTP 400, CoAP 4.00), not the broker's or the bridge's.
+    invalid: bool = False
 
     def resolve(self, ok: bool, reason: str = "") -> None:
         if not self._event.is_set():
@@ -102,6 +126,13 @@ class Delivery:
     @classmethod
     def failed(cls, reason: str) -> Delivery:
         d = cls(mid=0)
+        d.resolve(False, reason)
+        return d
+
+    @classmethod
+    def refused(cls, reason: str) -> Delivery:
+        """A failed Delivery for a message refused as invalid (``invalid`` set)."""
+        d = cls(mid=0, invalid=True)
         d.resolve(False, reason)
         return d
 
@@ -183,6 +214,24 @@ class _CoalescingClient(paho.Client):
         packet["info"]._set_as_published()
 
 
+#: paho's message states after the PUBLISH was (queued to be) written and before the broker accepted it.
+_SENT_STATES = frozenset({paho.mqtt_ms_wait_for_puback, paho.mqtt_ms_wait_for_pubrec})
+#: At most this many filters per SUBSCRIBE when re-subscribing after a (re)connect.
+_RESUBSCRIBE_BATCH = 64
+
+
+def _check_paho_internals(client: paho.Client) -> None:
+    """The poison-message handling reads and edits paho's private outgoing queue: fail loudly at start-up
+    rather than silently should a paho release change it (pyproject.toml pins paho-mqtt 2.x)."""
+    missing = [
+        name
+        for name in ("_out_messages", "_out_message_mutex", "_inflight_messages")
+        if not hasattr(client, name)
+    ]
+    if missing:
+        raise RuntimeError(f"paho-mqtt has no {', '.join(missing)}: ferryman needs paho-mqtt 2.x")
+
+
 def _failure(codes: list[ReasonCode]) -> str:
     bad = [str(c) for c in codes if c.is_failure]
     return ", ".join(bad)
@@ -206,6 +255,11 @@ class MqttClientActor(pykka.ThreadingActor):
         max_queued: int = 1000,
         ack_timeout: float = 10.0,
         publish_timeout: float = 10.0,
+        poison_after: int = 2,
+        poison_window: float = 10.0,
+        flap_count: int = 3,
+        flap_window: float = 60.0,
+        stable_after: float = 10.0,
     ) -> None:
         super().__init__()
         self.host, self.port = parse_url(url)
@@ -223,6 +277,16 @@ class MqttClientActor(pykka.ThreadingActor):
         self._pending: dict[int, Delivery] = {}
         self._early: dict[int, tuple[bool, str]] = {}
         self._resubscribe_mids: set[int] = set()
+        self.poison_after = poison_after
+        self.poison_window = poison_window
+        self.flap_count = flap_count
+        self.flap_window = flap_window
+        self.stable_after = stable_after
+        self._strike: tuple[Any, int] = (None, 0)  # (the oldest in-flight message at the last loss, strikes)
+        self._dropped = 0  # poison messages dropped
+        self._last_error = ""
+        self._losses: deque[float] = deque(maxlen=max(1, flap_count))  # monotonic times of link losses
+        self._connected_at = 0.0
 
         c = _CoalescingClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -242,6 +306,7 @@ class MqttClientActor(pykka.ThreadingActor):
         c.on_publish = self._on_publish
         c.on_subscribe = self._on_subscribe
         c.on_unsubscribe = self._on_unsubscribe
+        _check_paho_internals(c)
         self._client = c
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -283,9 +348,28 @@ class MqttClientActor(pykka.ThreadingActor):
     def is_connected(self) -> bool:
         return self._connected
 
+    def status(self) -> str:
+        """``ok``, ``disconnected`` or ``flapping`` (see the module docstring)."""
+        now = time.monotonic()
+        recent = sum(1 for t in self._losses if now - t <= self.flap_window)
+        stable = self._connected and now - self._connected_at >= self.stable_after
+        if recent >= self.flap_count and not stable:
+            return "flapping"
+        return "ok" if self._connected else "disconnected"
+
     def health(self) -> dict[str, Any]:
-        """For the gateway's /health: connected to the broker, reconnects so far, filters held."""
-        return {"connected": self._connected, "connects": self._connects, "filters": len(self._filters)}
+        """For the gateway's /health: the session's status, connected to the broker, connects so far,
+        filters held, link losses within ``flap_window``, poison messages dropped and the last error."""
+        now = time.monotonic()
+        return {
+            "status": self.status(),
+            "connected": self._connected,
+            "connects": self._connects,
+            "filters": len(self._filters),
+            "link_losses": sum(1 for t in self._losses if now - t <= self.flap_window),
+            "dropped": self._dropped,
+            "last_error": self._last_error,
+        }
 
     def connect_count(self) -> int:
         return self._connects
@@ -297,7 +381,11 @@ class MqttClientActor(pykka.ThreadingActor):
         """Subscribe (or remember until connected) on behalf of ``owner``. Several owners (the XMPP and
         the CoAP bridge) may want one filter: a second owner adds itself without a second SUBSCRIBE (the
         broker would send the filter's retained messages again), and ``unsubscribe`` sends UNSUBSCRIBE
-        only when the last owner lets go."""
+        only when the last owner lets go. A filter the broker would refuse is refused here (False)."""
+        err = validate_topic_filter(topic_filter)
+        if err:
+            logger.warning("MQTT client {}: refused to subscribe {!r}: {}", self.client_id, topic_filter, err)
+            return False
         owners = self._owners.setdefault(topic_filter, set())
         shared = bool(owners - {owner})
         owners.add(owner)
@@ -320,6 +408,8 @@ class MqttClientActor(pykka.ThreadingActor):
         return True
 
     def unsubscribe(self, topic_filter: str, owner: str = "") -> bool:
+        if validate_topic_filter(topic_filter):
+            return False  # never subscribed (``subscribe`` refuses it); an UNSUBSCRIBE would cut the link
         owners = self._owners.get(topic_filter)
         if owners is not None:
             owners.discard(owner)
@@ -336,6 +426,14 @@ class MqttClientActor(pykka.ThreadingActor):
         return self._track(mid).wait(self.ack_timeout)
 
     def publish_async(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Delivery:
+        err = validate_topic_name(topic)
+        if err:
+            # The one entry point of every topic the bridge publishes (HTTP, CoAP, XMPP): a topic the
+            # broker refuses by closing the link would cut off every user and be re-sent for ever.
+            logger.info("MQTT client {}: refused a publish to {!r}: {}", self.client_id, topic, err)
+            return Delivery.refused(f"invalid topic {topic!r}: {err}")
+        if qos not in (0, 1, 2):
+            return Delivery.refused(f"invalid QoS {qos}")
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             logger.warning(
@@ -405,6 +503,7 @@ class MqttClientActor(pykka.ThreadingActor):
             logger.warning("MQTT client {}: connection refused: {}", self.client_id, reason_code)
             return
         self._connected = True
+        self._connected_at = time.monotonic()
         self._connects += 1
         logger.info(
             "MQTT client {} connected to {}:{} (session present: {})",
@@ -413,12 +512,15 @@ class MqttClientActor(pykka.ThreadingActor):
             self.port,
             flags.session_present,
         )
-        filters = dict(self._filters)
+        filters = list(self._filters.items())
         if filters:
             # Always: a broker restarted without persistence has lost the session the flag may still claim.
-            rc, mid = client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in filters.items()])
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
-                self._resubscribe_mids.add(mid)
+            # In SUBSCRIBEs of at most _RESUBSCRIBE_BATCH filters: bounded packets, whatever the count.
+            for i in range(0, len(filters), _RESUBSCRIBE_BATCH):
+                batch = [(f, SubscribeOptions(qos=q)) for f, q in filters[i : i + _RESUBSCRIBE_BATCH]]
+                rc, mid = client.subscribe(batch)
+                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+                    self._resubscribe_mids.add(mid)
             logger.info("MQTT client {} re-subscribing {} filter(s)", self.client_id, len(filters))
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
@@ -433,6 +535,37 @@ class MqttClientActor(pykka.ThreadingActor):
         self._connected = False
         if was:
             logger.warning("MQTT client {} disconnected: {}", self.client_id, reason_code)
+            self._losses.append(time.monotonic())
+            self._last_error = f"disconnected: {reason_code}"
+            self._strike_poison(client)
+
+    def _strike_poison(self, client: paho.Client) -> None:
+        """The link was lost: a strike for the oldest message sent and not accepted shortly before; dropped
+        from paho's queue (never re-sent again) at ``poison_after`` strikes in a row."""
+        now = paho.time_func()
+        with client._out_message_mutex:
+            first = next(
+                (m for m in client._out_messages.values() if m.qos > 0 and m.state in _SENT_STATES), None
+            )
+            if first is None or now - first.timestamp > self.poison_window:
+                self._strike = (None, 0)
+                return
+            last, strikes = self._strike
+            strikes = strikes + 1 if last is first else 1
+            if strikes < self.poison_after:
+                self._strike = (first, strikes)
+                return
+            self._strike = (None, 0)
+            client._out_messages.pop(first.mid, None)
+            client._inflight_messages = max(0, client._inflight_messages - 1)
+        self._dropped += 1
+        reason = (
+            f"dropped a publish to {first.topic!r} ({len(first.payload)} bytes): the broker closed the "
+            f"connection right after it {strikes} times"
+        )
+        self._last_error = reason
+        logger.error("MQTT client {}: {}", self.client_id, reason)
+        self._ack(first.mid, False, reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         headers = {"qos": str(msg.qos), "retain": "1" if msg.retain else "0"}

@@ -123,7 +123,11 @@ class XmppSession(pykka.ThreadingActor):
 
     def health(self) -> dict[str, Any]:
         """For the gateway's /health: connected to the XMPP server, messages waiting to be sent."""
-        return {"connected": self._connected, "queued": len(self._queue)}
+        return {
+            "status": "ok" if self._connected else "disconnected",
+            "connected": self._connected,
+            "queued": len(self._queue),
+        }
 
     def _supervisor_failed(self, exc: BaseException) -> None:  # hub
         logger.opt(exception=exc).error("xmpp session {}: supervisor failed", self._settings.jid)
