@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import ssl
 
+import gevent
 from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.handshake import H11Handshake
@@ -33,11 +34,14 @@ def dial_websocket(
     server_name: str = "",
 ) -> WebSocketStream:
     """Connect (TLS with ``tls``), upgrade to WebSocket offering the ``mqtt`` subprotocol, and return the
-    stream. OSError when the target is unreachable, refuses the upgrade or picks no subprotocol."""
+    stream. OSError when the target is unreachable, refuses the upgrade, picks no subprotocol or has not
+    answered the upgrade whole within ``timeout`` (however slowly its bytes come)."""
     sock = tls_client.dial(host, port, timeout, tls, server_name)
     try:
         sock.settimeout(timeout)
-        stream = _handshake(sock, host, port, path or "/")
+        late = TimeoutError(f"no complete WebSocket handshake answer within {timeout}s")
+        with gevent.Timeout(timeout, late):
+            stream = _handshake(sock, host, port, path or "/")
         sock.settimeout(None)
         return stream
     except BaseException:

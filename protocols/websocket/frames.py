@@ -23,6 +23,7 @@ from ferryman.protocols.mqtt import runs
 
 __all__ = [
     "CLOSE_GOING_AWAY",
+    "CLOSE_INVALID_PAYLOAD",
     "CLOSE_NORMAL",
     "CLOSE_PROTOCOL_ERROR",
     "CLOSE_UNSUPPORTED_DATA",
@@ -33,6 +34,7 @@ __all__ = [
     "OP_TEXT",
     "FrameDecoder",
     "FrameError",
+    "close_answer",
     "close_payload",
     "encode_frame",
     "unmask",
@@ -43,6 +45,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_PAYLOAD = 1007
 _DATA_OPCODES = (OP_CONTINUATION, OP_BINARY)
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
@@ -89,7 +92,37 @@ def encode_frame(opcode: int, payload: bytes, mask: bool = False) -> bytes:
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
-    return _U16.pack(code) + reason.encode()[:120]
+    """A close frame's body: the code and at most 120 bytes of reason, cut between UTF-8 characters (a
+    control frame holds 125 bytes, and the reason must stay valid UTF-8)."""
+    raw = reason.encode()
+    if len(raw) > 120:
+        raw = raw[:120].decode("utf-8", "ignore").encode()
+    return _U16.pack(code) + raw
+
+
+def valid_close_code(code: int) -> bool:
+    """A code a peer may send in a close frame (RFC 6455 7.4.1, 7.4.2 and the IANA registry): 1000-1003,
+    1007-1014 and the ranges for libraries and applications, 3000-4999. 1004-1006 and 1015 are reserved
+    (never sent), the rest of 0-2999 is unassigned, 5000 and up undefined."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def close_answer(body: bytes) -> tuple[int, str]:
+    """The close code (and reason) to answer a peer's close frame body with: its code echoed; 1000 when
+    it gave none; 1002 (protocol error) for a 1-byte body or an invalid code; 1007 (invalid payload
+    data) for a reason that is not UTF-8 (RFC 6455 5.5.1, 7.4, 8.1)."""
+    if not body:
+        return CLOSE_NORMAL, ""
+    if len(body) == 1:
+        return CLOSE_PROTOCOL_ERROR, "close frame with a 1-byte body"
+    code = _U16.unpack_from(body)[0]
+    if not valid_close_code(code):
+        return CLOSE_PROTOCOL_ERROR, f"invalid close code {code}"
+    try:
+        body[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return CLOSE_INVALID_PAYLOAD, "close reason is not UTF-8"
+    return code, ""
 
 
 class FrameDecoder:
@@ -98,10 +131,12 @@ class FrameDecoder:
     ``feed(data)`` returns the binary payload bytes the data completed or continued, and appends the
     control frames it met to ``control`` as (opcode, payload) for the caller to answer. Text frames and
     protocol violations raise :class:`FrameError`. ``masked``: frames from a client must be masked, frames
-    from a server must not (RFC 6455 §5.1).
+    from a server must not (RFC 6455 §5.1). After a close frame nothing more is decoded (``closed``): what
+    follows it is not part of the conversation (§5.5.1). The work of one ``feed`` is one pass over its
+    bytes: a short Python step per frame header, none per payload byte.
     """
 
-    __slots__ = ("_fragmented", "_key", "_left", "_pending", "_retry", "control", "masked")
+    __slots__ = ("_fragmented", "_key", "_left", "_pending", "_retry", "closed", "control", "masked")
 
     def __init__(self, masked: bool) -> None:
         self.masked = masked
@@ -111,8 +146,11 @@ class FrameDecoder:
         self._key = b""  # its masking key, rotated to where the payload continues
         self._fragmented = False  # inside a binary message whose last frame has not come yet
         self._retry = 0  # frames to step through before looking for a run again
+        self.closed = False  # a close frame came: the rest is not read
 
     def feed(self, data: bytes) -> bytes:
+        if self.closed:
+            return b""
         buf = self._pending + data if self._pending else data
         n = len(buf)
         pos = 0
@@ -205,6 +243,10 @@ class FrameDecoder:
             body = buf[start : start + length]
             self.control.append((opcode, unmask(body, key) if masked else body))
             pos = start + length
+            if opcode == OP_CLOSE:
+                self.closed = True
+                pos = n
+                break
         self._pending = buf[pos:] if pos < n else b""
         _settle(payloads, keys, out, masked)
         if not out:

@@ -2,15 +2,21 @@
 
 ``recv`` returns the payload bytes of binary frames (whatever a read completed, not aligned to frames or
 MQTT packets); ping, pong and close frames are answered here. ``sendall`` sends one binary frame. A text
-frame or a protocol violation sends the matching close frame (1003 / 1002) and raises
+frame or a protocol violation sends the matching close frame (1003 / 1002 / 1007) and raises
 :class:`WebSocketError` (an OSError, so the pumps end that one connection as for a broken socket).
 ``shutdown`` sends a close frame first, so the peer sees a WebSocket close, not just a dropped TCP stream.
+
+Control frames never hold the reader: a read that brings no MQTT bytes (pings, pongs, a piece of a frame
+header) yields to the other greenlets before the next one, and counts against the timeout of
+``settimeout`` (the keepalive), which only MQTT bytes satisfy. A batch of pings gets one pong, for the last
+of them (RFC 6455 5.5.3), so a ping flood costs one write per read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Callable
 
 import gevent
@@ -24,6 +30,7 @@ from .frames import (
     OP_PONG,
     FrameDecoder,
     FrameError,
+    close_answer,
     close_payload,
     encode_frame,
 )
@@ -31,6 +38,7 @@ from .frames import (
 __all__ = ["WebSocketError", "WebSocketStream"]
 
 CLOSE_SEND_TIMEOUT = 1.0  # seconds a close frame may wait for a peer that does not read
+FAIR_READS = 16  # reads in one ``recv`` call (or in a row of them) before yielding to the other greenlets
 
 
 class WebSocketError(OSError):
@@ -62,14 +70,34 @@ class WebSocketStream:
         self._pending = pending
         self._lock = Semaphore()  # one frame at a time: pongs and closes must not land inside a data frame
         self._eof = False
+        self._timeout: float | None = None  # what ``settimeout`` asked for: the limit on MQTT silence
+        self._reads = 0
+        self._broken = False  # a write failed part way: no close frame may follow it
         self.close_sent = False
         self.close_received: int | None = None  # the peer's close code
 
     # -------------------------------------------------------------------------------------- reading
     def recv(self, bufsize: int, /) -> bytes:
+        """The next MQTT bytes; b"" at the end. TimeoutError when ``settimeout``'s limit passes without
+        any (control frames do not count: they are not MQTT)."""
+        timeout = self._timeout
+        deadline = time.monotonic() + timeout if timeout is not None else 0.0
+        first = True
         while not self._eof:
-            data = self._pending or self._read(bufsize)
-            self._pending = b""
+            if self._pending:
+                data, self._pending = self._pending, b""
+            else:
+                self._reads += 1
+                if not first or self._reads % FAIR_READS == 0:
+                    gevent.sleep(0)  # a peer that always has bytes ready never lets recv block
+                if first or timeout is None:
+                    data = self._read(bufsize)  # the socket's own timeout is the whole limit
+                else:
+                    # control frames came, no MQTT bytes: what is left of the limit (the socket's timeout
+                    # stays as it is, for the writes of the other direction)
+                    with gevent.Timeout(self._left(deadline), TimeoutError("timed out: no MQTT bytes")):
+                        data = self._read(bufsize)
+            first = False
             if not data:
                 self._eof = True
                 break
@@ -85,19 +113,31 @@ class WebSocketStream:
                 return payload
         return b""
 
+    @staticmethod
+    def _left(deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out: no MQTT bytes")
+        return left
+
     def _answer_control(self) -> None:
         control = self._decoder.control
         self._decoder.control = []
+        ping: bytes | None = None
         for opcode, body in control:
             if opcode == OP_PING:
-                with contextlib.suppress(OSError):
-                    self._send(encode_frame(OP_PONG, body, self._mask))
+                ping = body  # one pong, for the last ping of the batch (RFC 6455 5.5.3)
             elif opcode == OP_CLOSE:
-                code = (body[0] << 8) | body[1] if len(body) >= 2 else CLOSE_NORMAL
-                self.close_received = code
                 self._eof = True  # what follows a close frame is not read (RFC 6455 §5.5.1)
-                self._send_close(code if len(body) >= 2 else CLOSE_NORMAL, "")
+                self.close_received = (body[0] << 8) | body[1] if len(body) >= 2 else CLOSE_NORMAL
+                code, problem = close_answer(body)
+                self._send_close(code, problem)
+                if problem:
+                    raise WebSocketError(f"WebSocket: {problem}")
                 return
+        if ping is not None:
+            with contextlib.suppress(OSError):
+                self._send(encode_frame(OP_PONG, ping, self._mask))
 
     # -------------------------------------------------------------------------------------- writing
     def sendall(self, data: bytes, /) -> None:
@@ -107,7 +147,11 @@ class WebSocketStream:
 
     def _send(self, frame: bytes) -> None:
         with self._lock:
-            self.sock.sendall(frame)
+            try:
+                self.sock.sendall(frame)
+            except BaseException:  # a timeout or an error part way through a frame
+                self._broken = True
+                raise
 
     def _send_close(self, code: int, reason: str) -> None:
         """Send a close frame once; skipped when a frame is being written (it would land inside it) or
@@ -115,7 +159,7 @@ class WebSocketStream:
         if self.close_sent:
             return
         self.close_sent = True
-        if not self._lock.acquire(blocking=False):
+        if self._broken or not self._lock.acquire(blocking=False):
             return
         try:
             with contextlib.suppress(OSError), gevent.Timeout(CLOSE_SEND_TIMEOUT, False):
@@ -125,6 +169,8 @@ class WebSocketStream:
 
     # -------------------------------------------------------------------------------------- socket API
     def settimeout(self, value: float | None, /) -> None:
+        """The limit on the time ``recv`` waits for MQTT bytes (and on each write)."""
+        self._timeout = value
         self.sock.settimeout(value)
 
     def shutdown(self, how: int, /) -> None:
