@@ -173,7 +173,7 @@ def test_authorization_query_parameter_is_used_and_removed(gw: GatewayProcess) -
     ("args", "why"),
     [
         ([], "credentials required"),
-        (["-u", "dev1:wrong"], "wrong password"),
+        (["-u", "dev1:wrong"], "credentials refused"),
         (["-H", "Authorization: Basic @@"], ""),
     ],
 )

@@ -1,11 +1,13 @@
 """The WSGI application of an ``http`` listener: path -> topic, credentials -> the handler chain's decision,
 then either the reverse proxy to the target or (``target = "mqtt"``) an MQTT publish through the bridge.
 
-Status codes (every error has a JSON body ``{"error": "..."}``): 400 bad topic, header or path; 401 no,
-unreadable or refused credentials (with ``WWW-Authenticate``); 403 topic refused by the grant; 404 path
-outside ``path_prefix``; 405 not a POST in publish mode; 413 body over ``max_packet_size``; 429 / 503 the
-chain refused for quota or availability; 502 target (or broker) unreachable, timed out, or refused; 503
-publish mode before the bridge is attached.
+Status codes (every error has a JSON body ``{"error": "..."}``): 400 bad topic, header, path (not UTF-8 once
+percent-decoded) or body framing; 401 no, unreadable or refused credentials (with ``WWW-Authenticate``; one
+text for every refusal by the chain, so a client cannot tell an unknown user from a wrong password); 403
+topic refused by the grant; 404 path outside ``path_prefix``; 405 not a POST in publish mode; 408 body not
+received within ``body_timeout``; 413 body over ``max_packet_size``; 429 / 503 the chain refused for quota or
+availability; 502 target (or broker) unreachable, timed out, or refused; 503 publish mode before the bridge
+is attached. The request head itself is checked before the application runs (``server.py``, ``headers.py``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from loguru import logger
 from ferryman.actors.contracts import Grant, RefusalCode
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
-from ferryman.actors.topics import topic_name_error
+from ferryman.actors.topics import validate_topic_name
 
 from .auth import CERTIFICATE, INVALID, credentials_from
+from .headers import BodyTimeout
 from .publish import QOS_HEADER, RETAIN_HEADER, Publisher, parse_qos, parse_retain
 from .upstream import HOP_BY_HOP, Upstream, UpstreamError
 
@@ -48,6 +51,8 @@ _REFUSAL_STATUS = {
     RefusalCode.QUOTA_EXCEEDED: 429,
 }
 _NO_FORWARD = HOP_BY_HOP | {"host", "content-length", "expect"}
+#: The one answer to credentials the chain refused (which handler said what goes to the debug log only).
+REFUSED = "credentials refused"
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -69,11 +74,16 @@ def _dot_segments(path: str) -> bool:
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+    """An error answer; ``close``: the connection is closed after it (the request stream is not trusted)."""
+
+    def __init__(
+        self, status: int, message: str, headers: Iterable[tuple[str, str]] = (), close: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = list(headers)
+        self.close = close
 
 
 class HttpApp:
@@ -95,6 +105,8 @@ class HttpApp:
         self.max_body: int = settings.max_packet_size
         self.timeout: float = settings.connect_timeout
         self.default_qos: int = settings.publish_qos
+        no_forward = _NO_FORWARD if settings.forward_authorization else _NO_FORWARD | {"authorization"}
+        self.no_forward: frozenset[str] = frozenset(no_forward)
         self.publisher: Publisher | None = None
         self.attached = gevent.event.Event()
         self.stopping = False
@@ -106,7 +118,9 @@ class HttpApp:
         self.attached.set()
 
     # -- responses -------------------------------------------------------------------------------------
-    def _count(self, status: int) -> None:
+    def count(self, status: int) -> None:
+        """One response of ``status`` in ``ferryman_http_requests_total`` (also those the server sends for
+        a refused head)."""
         child = self._by_status.get(status)
         if child is None:
             child = self._by_status[status] = self._requests.labels(self.name, str(status))
@@ -119,7 +133,7 @@ class HttpApp:
         body: bytes,
         headers: list[tuple[str, str]],
     ) -> list[bytes]:
-        self._count(status)
+        self.count(status)
         if self.stopping:
             headers.append(("Connection", "close"))
         start_response(_STATUS.get(status) or str(status), headers)
@@ -142,7 +156,7 @@ class HttpApp:
             return self._serve(environ, start_response)
         except HttpError as err:
             extra = err.headers
-            if _unread_body(environ, self.max_body):
+            if err.close or _unread_body(environ, self.max_body):
                 _abandon_body(environ)  # the body is not read just to throw it away: close instead
                 extra = [*extra, ("Connection", "close")]
             return self._json(start_response, err.status, {"error": err.message}, extra)
@@ -152,7 +166,10 @@ class HttpApp:
             return self._json(start_response, 500, {"error": "internal error"}, [("Connection", "close")])
 
     def _serve(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path: str = environ["PATH_INFO"]
+        try:  # PEP 3333: PATH_INFO holds the percent-decoded bytes as latin-1; they must be UTF-8
+            path: str = environ["PATH_INFO"].encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise HttpError(400, "bad path: not UTF-8 once percent-decoded") from None
         if not path.startswith("/") or _dot_segments(path):
             raise HttpError(400, "bad path")
         method: str = environ["REQUEST_METHOD"]
@@ -179,13 +196,14 @@ class HttpApp:
         if not isinstance(decision, Grant):
             self.metrics.refusals.labels(self.name, "connect").inc()
             status = _REFUSAL_STATUS.get(decision.code, 401)
-            raise HttpError(
-                status, decision.reason or "credentials refused", _CHALLENGE if status == 401 else ()
-            )
+            if status == 401:  # one text whatever the reason: no telling unknown users from wrong passwords
+                logger.debug("listener {!r}: credentials refused: {}", self.name, decision.reason)
+                raise HttpError(401, REFUSED, _CHALLENGE)
+            raise HttpError(status, decision.reason or "refused")
         topic = rest[1:] if rest.startswith("/") else rest
         if not topic:
             raise HttpError(400, "no topic: the path after the prefix is the topic")
-        problem = topic_name_error(topic)
+        problem = validate_topic_name(topic)
         if problem:
             raise HttpError(400, f"bad topic: {problem}")
         qos, retain = self.default_qos, False
@@ -217,25 +235,42 @@ class HttpApp:
         return None
 
     def _body(self, environ: dict[str, Any]) -> bytes:
-        length = environ.get("CONTENT_LENGTH")
+        """The whole body, as the head framed it (``server.py`` checked the framing), up to ``max_body``.
+        A body that breaks its framing (a bad chunk size, data over a chunk, the end of the stream) is 400,
+        one not received within ``body_timeout`` 408: both close the connection."""
         inp = environ["wsgi.input"]
-        if length:
-            n = int(length)
-            if n > self.max_body:
-                raise HttpError(413, f"body over {self.max_body} bytes")
-            return inp.read(n) if n else b""
-        if environ.get("HTTP_TRANSFER_ENCODING", "").lower() != "chunked":
+        try:
+            return self._read_body(inp)
+        except HttpError:
+            raise
+        except (TimeoutError, BodyTimeout) as exc:
+            _broken(inp)
+            raise HttpError(408, str(exc) or "request body not received in time", close=True) from None
+        except (OSError, ValueError) as exc:
+            _broken(inp)
+            raise HttpError(400, f"bad request body: {exc}", close=True) from None
+
+    def _read_body(self, inp: Any) -> bytes:
+        if getattr(inp, "chunked_input", False):
+            parts: list[bytes] = []
+            total = 0
+            while True:
+                chunk = inp.read(min(65536, self.max_body + 1 - total))  # one byte over is enough to know
+                if not chunk:
+                    return b"".join(parts)
+                total += len(chunk)
+                if total > self.max_body:
+                    raise HttpError(413, f"body over {self.max_body} bytes")
+                parts.append(chunk)
+        n = getattr(inp, "content_length", None) or 0
+        if n > self.max_body:
+            raise HttpError(413, f"body over {self.max_body} bytes")
+        if not n:
             return b""
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            chunk = inp.read(65536)
-            if not chunk:
-                return b"".join(parts)
-            total += len(chunk)
-            if total > self.max_body:
-                raise HttpError(413, f"body over {self.max_body} bytes")
-            parts.append(chunk)
+        data: bytes = inp.read(n)
+        if len(data) < n:
+            raise HttpError(400, "the connection ended inside the request body", close=True)
+        return data
 
     # -- publish mode ----------------------------------------------------------------------------------
     def _publish(
@@ -271,7 +306,7 @@ class HttpApp:
             url = "/" + url
         if query:
             url += "?" + query
-        headers = _request_headers(environ, upstream.host_header, self.scheme)
+        headers = _request_headers(environ, upstream.host_header, self.scheme, self.no_forward)
         if body or method in ("POST", "PUT", "PATCH"):
             headers.append(("Content-Length", str(len(body))))
         try:
@@ -287,7 +322,7 @@ class HttpApp:
             return self._send(start_response, status, small, out)
         if response.length is not None:
             out.append(("Content-Length", str(response.length)))
-        self._count(status)
+        self.count(status)
         if self.stopping:
             out.append(("Connection", "close"))
         start_response(f"{status} {response.reason}", out)
@@ -316,7 +351,9 @@ def _raw_rest(raw: str, prefix: str, rest: str) -> str:
     return quote(rest, safe="/!$&'()*+,;=:@~")
 
 
-def _request_headers(environ: dict[str, Any], host: str, scheme: str) -> list[tuple[str, str]]:
+def _request_headers(
+    environ: dict[str, Any], host: str, scheme: str, no_forward: frozenset[str] = frozenset(_NO_FORWARD)
+) -> list[tuple[str, str]]:
     connection_tokens = {
         t.strip().lower() for t in environ.get("HTTP_CONNECTION", "").split(",") if t.strip()
     }
@@ -324,7 +361,7 @@ def _request_headers(environ: dict[str, Any], host: str, scheme: str) -> list[tu
     for key, value in environ.items():
         if key.startswith("HTTP_"):
             name = key[5:].replace("_", "-").lower()
-            if name in _NO_FORWARD or name in connection_tokens or name.startswith("x-forwarded-"):
+            if name in no_forward or name in connection_tokens or name.startswith("x-forwarded-"):
                 continue
             headers.append((name.title(), value))
     if "CONTENT_TYPE" in environ:
@@ -363,6 +400,12 @@ def _unread_body(environ: dict[str, Any], limit: int) -> bool:
     if getattr(inp, "chunked_input", False):
         return True
     return (getattr(inp, "content_length", None) or 0) - getattr(inp, "position", 0) > limit
+
+
+def _broken(inp: Any) -> None:
+    """The body's framing is broken or late: never read from it again (pywsgi's discard checks the flag)."""
+    if hasattr(inp, "_chunked_input_error"):
+        inp._chunked_input_error = True
 
 
 def _abandon_body(environ: dict[str, Any]) -> None:

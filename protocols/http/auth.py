@@ -15,7 +15,6 @@ for the connection's life, replaced when a handler pushes a new grant and droppe
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
@@ -50,7 +49,7 @@ def _parse(value: str) -> Credentials:
     if kind == "basic" and rest:
         try:
             decoded = base64.b64decode(rest, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text (obs-text in the header)
             return INVALID
         username, sep, password = decoded.partition(":")
         return Credentials(username, password.encode(), "basic") if sep else INVALID

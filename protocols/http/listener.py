@@ -58,7 +58,15 @@ class HttpListener(pykka.ThreadingActor):
         tls = TlsTerminator(settings.tls) if settings.tls is not None else None
         self.app = HttpApp(settings, chain, metrics, upstream, "https" if tls else "http")
         self.server = HttpServer(
-            (settings.host, settings.port), self.app, chain, metrics, tls, settings.connect_timeout
+            (settings.host, settings.port),
+            self.app,
+            chain,
+            metrics,
+            tls,
+            settings.connect_timeout,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            idle_timeout=settings.idle_timeout,
         )
         self.server.init_socket()
         self.address: tuple[str, int] = self.server.address[:2]
