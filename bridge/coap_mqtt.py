@@ -31,6 +31,8 @@ from .http_mqtt import MqttPublisher
 __all__ = ["MQTT_MESSAGE", "CoapMqttBridge", "MqttCoapPort"]
 
 MQTT_MESSAGE = "mqtt.message"
+#: Receiver keys, for every port and bridge actor of the process (``next`` on it is atomic).
+_KEYS = itertools.count(1)
 OWNER = "coap"  # this bridge's name for its filters on the shared MQTT session
 
 
@@ -60,10 +62,16 @@ class MqttCoapPort:
         return out
 
     def subscribe(self, topic_filter: str, deliver: Deliver, timeout: float) -> tuple[int, bool]:
+        # The key is made here, not by the actor: when the ask times out the actor may still add the
+        # receiver, and the caller's unsubscribe(key) (queued after it) then removes it: no receiver, and
+        # so no broker subscription, is left behind.
+        key = next(_KEYS)
         try:
-            key, suback = self._add(topic_filter, deliver).get(timeout=self.timeout)
-        except (pykka.ActorDeadError, pykka.Timeout):
+            key, suback = self._add(topic_filter, deliver, key).get(timeout=self.timeout)
+        except pykka.ActorDeadError:
             return 0, False
+        except pykka.Timeout:
+            return key, False
         if suback is None:
             return key, True  # the filter was subscribed already
         try:
@@ -90,7 +98,6 @@ class CoapMqttBridge(HandlerActor):
         super().__init__(options=options, settings=settings, router=router)
         self.mqtt = mqtt
         self._mqtt = mqtt.proxy()
-        self._keys = itertools.count(1)
         self._receivers: dict[int, tuple[str, Deliver]] = {}
         self._by_filter: dict[str, set[int]] = {}
 
@@ -115,9 +122,15 @@ class CoapMqttBridge(HandlerActor):
                 except Exception:
                     logger.exception("bridge: a CoAP receiver of {} failed", topic_filter)
 
-    def add_receiver(self, topic_filter: str, deliver: Deliver) -> tuple[int, pykka.Future[bool] | None]:
-        """Returns (the receiver's key, the future of the MQTT subscription if this call made one)."""
-        key = next(self._keys)
+    def add_receiver(
+        self, topic_filter: str, deliver: Deliver, key: int | None = None
+    ) -> tuple[int, pykka.Future[bool] | None]:
+        """Returns (the receiver's key, the future of the MQTT subscription if this call made one). ``key``:
+        the caller's (``MqttCoapPort`` makes them), else a new one."""
+        if key is None:
+            key = next(_KEYS)
+        if key in self._receivers:
+            self.remove_receiver(key)
         self._receivers[key] = (topic_filter, deliver)
         keys = self._by_filter.setdefault(topic_filter, set())
         keys.add(key)

@@ -220,7 +220,12 @@ def test_fast_answers_are_the_slow_paths(client: Client, mtype: int) -> None:
             assert answer.options == []
             got.append((answer.mtype, answer.code, answer.payload))
         assert f"{got[0][1] >> 5}.{got[0][1] & 31:02d}" == code, (path, queries, got)
-        assert got[0] == got[1], (path, queries)
+        # Same type and code; the same diagnostic, but an answer to a peer that did not authenticate is cut
+        # to the request's size (issue 11), and the aiocoap variant's request is larger by its option.
+        assert got[0][:2] == got[1][:2], (path, queries)
+        assert got[1][2].startswith(got[0][2]), (path, queries, got)
+        if code not in ("4.01",):
+            assert got[0] == got[1], (path, queries)
 
 
 def test_a_retransmission_is_published_once(client: Client, broker: Mosquitto) -> None:

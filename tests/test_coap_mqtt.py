@@ -151,7 +151,7 @@ def test_refusals_are_piggybacked_and_publish_nothing(gw: GatewayProcess, mqtt_b
     sub = Subscriber(mqtt_broker.port, "#", count=1).start()
     cases = [
         (uri(gw, "sensors/k1/temp", auth=None), "4.01", "credentials required"),
-        (uri(gw, "sensors/k1/temp", auth="dev1:wrong"), "4.01", "wrong password"),
+        (uri(gw, "sensors/k1/temp", auth="dev1:wrong"), "4.01", "credentials refused"),  # not which
         (uri(gw, "sensors/k1/temp", auth="justatoken"), "4.01", ""),
         (uri(gw, "sensors/k1/temp", auth=""), "4.01", "empty auth"),
         (uri(gw, "other/topic"), "4.03", "not allowed: other/topic"),

@@ -33,12 +33,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiocoap
 from aiocoap.numbers.codes import Code
 
 from ferryman.actors.contracts import Grant, Refusal, RefusalCode, Session, next_session_id
+
+from .codec import answer_room, fit
 
 if TYPE_CHECKING:
     from .context import CoapContext
@@ -52,6 +54,7 @@ __all__ = [
     "authenticate",
     "authorize",
     "check",
+    "credential_refusal",
     "credentials_of",
     "notify_unsubscribe",
     "queries_without_auth",
@@ -395,10 +398,65 @@ async def authenticate(ctx: CoapContext, request: aiocoap.Message) -> Principal 
     entry = await ctx.auth.decide(remote_of(request), creds)
     decision = entry.decision
     if isinstance(decision, Grant):
+        mark_authenticated(request)
         return Principal(entry)
     ctx.count_refusal("connect")
-    code = _REFUSAL_CODE.get(decision.code, Code.UNAUTHORIZED)
-    return refusal_message(code, decision.reason or "credentials refused")
+    return credential_refusal(decision)
+
+
+#: The one text of every refusal of the credentials themselves, whatever the handler said (unknown user,
+#: wrong password, banned...): a different text would tell a stranger which usernames exist.
+REFUSED_TEXT = "credentials refused"
+
+
+def credential_refusal(decision: Refusal) -> aiocoap.Message:
+    """The answer to credentials the chain refused: 4.01 with :data:`REFUSED_TEXT` for a refusal of the
+    credentials (the handler's reason is not told); 4.29 / 5.03 with the handler's reason for a quota or
+    an unavailable handler (which say nothing about the user)."""
+    code = _REFUSAL_CODE.get(decision.code)
+    if code is None:
+        return refusal_message(Code.UNAUTHORIZED, REFUSED_TEXT)
+    return refusal_message(code, decision.reason or REFUSED_TEXT)
+
+
+_AUTHENTICATED = "ferryman_authenticated"
+
+
+def mark_authenticated(request: Any) -> None:
+    """Notes on ``request`` (an aiocoap Message) that its peer authenticated: its answers are not cut to
+    the request's size (listener._cap_answers)."""
+    setattr(request, _AUTHENTICATED, True)
+
+
+def is_authenticated(request: Any) -> bool:
+    return bool(getattr(request, _AUTHENTICATED, False))
+
+
+def request_size(request: aiocoap.Message) -> int:
+    """The encoded size of a received request (aiocoap encodes only outgoing messages)."""
+    payload = len(request.payload)
+    try:
+        options = len(request.opt.encode())
+    except Exception:  # aiocoap decodes options it cannot encode again (deltas past 65804): count none
+        options = 0
+    return 4 + len(request.token) + options + (payload + 1 if payload else 0)
+
+
+def shrink(message: aiocoap.Message, request: aiocoap.Message) -> None:
+    """Cuts the answer ``message`` to ``request``'s size: its payload (a diagnostic) first, then its options.
+    The header and token always fit (the token is the request's)."""
+    limit = request_size(request)
+    try:
+        options = len(message.opt.encode())
+    except Exception:
+        options = limit
+    if 4 + len(message.token) + options + (len(message.payload) + 1 if message.payload else 0) <= limit:
+        return
+    room = answer_room(limit, message.token, options)
+    if room <= 0:
+        message.opt = type(message.opt)()
+        room = answer_room(limit, message.token)
+    message.payload = fit(bytes(message.payload), room)
 
 
 def check(

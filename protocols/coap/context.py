@@ -4,6 +4,7 @@ thread by the resources of publish mode and of proxy mode alike."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from .codec import FastPath
 
 if TYPE_CHECKING:
     from .auth import AuthCache
+    from .observers import ObserverBook
 
 __all__ = ["CoapContext"]
 
@@ -38,11 +40,23 @@ class CoapContext:
     garbage: int = 0
     #: The site's fast path (codec.FastPath): datagrams it takes never reach aiocoap.
     fast_path: FastPath | None = None
+    #: Datagrams refused by ``codec.screen`` (format errors, bad critical options; asyncio thread).
+    rejected: int = 0
+    #: The observations of this listener, bounded per peer and in total (observers.py).
+    observers: ObserverBook = field(init=False, repr=False)
+    _mid: int = field(default_factory=lambda: int.from_bytes(os.urandom(2), "big"), repr=False)
 
     def __post_init__(self) -> None:
         from .auth import AuthCache
+        from .observers import ObserverBook
 
         self.auth = AuthCache(self)
+        self.observers = ObserverBook(self)
+
+    def next_mid(self) -> int:
+        """A message id for a NON answer made outside aiocoap (asyncio thread)."""
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._mid
 
     @property
     def name(self) -> str:

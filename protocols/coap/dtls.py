@@ -139,7 +139,7 @@ def dtls_bind(host: str, port: int) -> tuple[str, int]:
     return host, port - (_COAPS_PORT - _COAP_PORT)
 
 
-def harden(context: Any) -> int:
+def harden(context: Any, ctx: Any = None) -> int:
     """Adjusts the tinydtls_server transports of ``context`` (asyncio thread, right after it was created);
     how many it found.
 
@@ -148,6 +148,8 @@ def harden(context: Any) -> int:
     - Its per-peer state (a tinydtls context and a retransmission task per source address and port) is
       bounded to :data:`MAX_PEERS`: aiocoap 0.4.17 defines the purge but never calls it, so datagrams
       from many source ports would grow it without end.
+    - With ``ctx`` (the listener's CoapContext), every decrypted datagram passes ``codec.screen`` first, as
+      plain coap ones do (listener._guard_decoding): format errors and bad critical options are refused.
     """
     from aiocoap.transports.tinydtls_server import _AddressDTLS, _DatagramServerSocketSimpleDTLS
 
@@ -173,4 +175,24 @@ def harden(context: Any) -> int:
             received(data, sockaddr)
 
         pool.datagram_received = datagram_received
+        plain = getattr(pool, "_message_interface", None)
+        if ctx is not None and plain is not None and hasattr(plain, "_received_plaintext"):
+            _screen_plaintext(plain, ctx)
     return found
+
+
+def _screen_plaintext(interface: Any, ctx: Any) -> None:
+    from .codec import screen
+
+    received = interface._received_plaintext
+
+    def screened(address: Any, data: bytes) -> None:
+        ok, answer = screen(data, ctx.next_mid)
+        if not ok:
+            ctx.rejected += 1
+            if answer is not None:
+                address.send(answer)
+            return
+        received(address, data)
+
+    interface._received_plaintext = screened

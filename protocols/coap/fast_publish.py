@@ -46,16 +46,28 @@ from aiocoap.numbers.codes import Code
 from ferryman.actors.contracts import Grant
 
 from .auth import (
-    _REFUSAL_CODE,
     INVALID,
     Credentials,
     Entry,
     Principal,
     check,
+    credential_refusal,
     credentials_from_queries,
     refusal_message,
 )
-from .codec import ACCEPT, ACK, CON, CONTENT_FORMAT, NON, URI_PATH, URI_QUERY, encode, parse
+from .codec import (
+    ACCEPT,
+    ACK,
+    CON,
+    CONTENT_FORMAT,
+    NON,
+    URI_PATH,
+    URI_QUERY,
+    answer_room,
+    encode,
+    fit,
+    parse,
+)
 
 if TYPE_CHECKING:
     from .mqtt_site import PublishSite
@@ -175,7 +187,11 @@ class FastPublish:
         token = msg.token
         request_mid = msg.mid
 
-        def answer(code: int, payload: bytes = b"") -> None:  # asyncio thread
+        size = len(data)
+
+        def answer(code: int, payload: bytes = b"", unauthenticated: bool = False) -> None:  # asyncio thread
+            if unauthenticated:  # never larger than the request (UDP sources can be spoofed)
+                payload = fit(payload, answer_room(size, token))
             if con:
                 out = encode(ACK, code, request_mid, token, (), payload)
             else:
@@ -190,11 +206,12 @@ class FastPublish:
             _refuse(
                 answer,
                 refusal_message(Code.UNAUTHORIZED, "credentials required: ?auth=<username>:<password>"),
+                unauthenticated=True,
             )
             return True
         if creds is INVALID:
             ctx.count_refusal("connect")
-            _refuse(answer, refusal_message(Code.UNAUTHORIZED, "empty auth option"))
+            _refuse(answer, refusal_message(Code.UNAUTHORIZED, "empty auth option"), unauthenticated=True)
             return True
         host, remote_port = address[0], address[1]
         if host.startswith("::ffff:") and "." in host:
@@ -232,8 +249,7 @@ class FastPublish:
         decision = entry.decision
         if not isinstance(decision, Grant):
             ctx.count_refusal("connect")
-            code = _REFUSAL_CODE.get(decision.code, Code.UNAUTHORIZED)
-            _refuse(answer, refusal_message(code, decision.reason or "credentials refused"))
+            _refuse(answer, credential_refusal(decision), unauthenticated=True)
             return
         path, queries, payload = request
         topic = "/".join(path)
@@ -267,5 +283,5 @@ class FastPublish:
         self.site.pump.submit(port, (topic, payload, qos, retain), published)
 
 
-def _refuse(answer: Callable[..., None], message: aiocoap.Message) -> None:
-    answer(int(message.code), bytes(message.payload))
+def _refuse(answer: Callable[..., None], message: aiocoap.Message, unauthenticated: bool = False) -> None:
+    answer(int(message.code), bytes(message.payload), unauthenticated)

@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import aiocoap
@@ -27,6 +28,8 @@ from ferryman.actors.gateway import GatewayError, publish_router
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 
+from .auth import is_authenticated, shrink
+from .codec import screen
 from .context import CoapContext
 from .dtls import dtls_bind, dtls_problems, harden, psk_credentials, psk_problems
 from .publish import ATTACH, MqttPort
@@ -35,6 +38,7 @@ __all__ = ["CoapListener"]
 
 _PROXY_MODULE = "ferryman.protocols.coap.proxy"
 _SWEEP_EVERY = 10.0
+EMPTY_ACK_DELAY = 1.0  # seconds before a slow answer gets an empty ACK (see _serve)
 _AIOCOAP_LOGGER = "ferryman.coap.aiocoap"
 
 
@@ -106,6 +110,12 @@ class CoapListener(pykka.ThreadingActor):
         # aiocoap warns once per unparsable or misfit datagram: garbage would flood the log (and stdlib
         # logging's locks are gevent's in this thread). Errors still show.
         logging.getLogger(_AIOCOAP_LOGGER).setLevel(logging.ERROR)
+        # aiocoap answers a CON request it has not answered within EMPTY_ACK_DELAY (0.1 s) with an empty
+        # ACK and sends the response later as a separate CON. A client retransmits only after ACK_TIMEOUT
+        # (2 to 3 s, RFC 7252 4.8), so waiting up to 1 s costs nothing and keeps slow answers (a proxied
+        # block-wise body the target sends in 64 blocks) piggybacked: libcoap's block-wise client cannot
+        # go on with a transfer whose first block came as a separate response.
+        aiocoap.numbers.constants.TransportTuning.EMPTY_ACK_DELAY = EMPTY_ACK_DELAY
         if self.dtls:
             # coaps: aiocoap's tinydtls_server (pre-shared keys), bound to the listener's one address. The
             # credentials are read per handshake, so loading them right after binding is in time.
@@ -116,7 +126,7 @@ class CoapListener(pykka.ThreadingActor):
                 loggername=_AIOCOAP_LOGGER,
             )
             context.server_credentials.load_from_dict(psk_credentials(self.settings.psk))
-            if not harden(context):
+            if not harden(context, self.ctx):
                 await context.shutdown()
                 raise GatewayError(f"listener {self.settings.name!r}: aiocoap started no DTLS server")
         elif self.cert_dtls:
@@ -250,13 +260,15 @@ def _guard_decoding(context: aiocoap.Context, ctx: CoapContext) -> None:
             received: Any = received,
             mi: Any = message_interface,
         ) -> None:
+            transport = mi.transport
+
+            def reply(out: bytes) -> None:
+                transport.sendmsg(out, ancdata, 0, address)  # ancdata: the pktinfo we were reached on
+
+            if not _screened(ctx, data, flags, reply):
+                return
             fast = ctx.fast_path
             if fast is not None:
-                transport = mi.transport
-
-                def reply(out: bytes) -> None:
-                    transport.sendmsg(out, ancdata, 0, address)  # ancdata: the pktinfo we were reached on
-
                 try:
                     if fast(data, address, reply):
                         return
@@ -269,6 +281,39 @@ def _guard_decoding(context: aiocoap.Context, ctx: CoapContext) -> None:
                 ctx.garbage += 1
 
         message_interface.datagram_msg_received = guarded  # type: ignore[union-attr]
+        _cap_answers(message_interface)
+
+
+def _screened(ctx: CoapContext, data: bytes, flags: int, reply: Callable[[bytes], object]) -> bool:
+    """True when ``data`` may go on (to a fast path or aiocoap); else it was refused by ``codec.screen``
+    (a format error, a bad critical option: an RST, a 4.00 / 4.02 without payload, or nothing) or cut by
+    the socket (larger than aiocoap reads: a CON gets an RST)."""
+    if flags & socket.MSG_TRUNC:
+        ok, answer = False, (bytes((0x70, 0, data[2], data[3])) if data[0] & 0xF0 == 0x40 else None)
+    else:
+        ok, answer = screen(data, ctx.next_mid)
+    if ok:
+        return True
+    ctx.rejected += 1
+    if answer is not None:
+        reply(answer)
+    return False
+
+
+def _cap_answers(message_interface: Any) -> None:
+    """aiocoap's answers to a peer that did not authenticate (a request refused before or by the
+    authentication, or by aiocoap itself) are never larger than the request: UDP sources can be spoofed, so
+    a larger answer would make the gateway an amplifier. The diagnostic payload is cut to fit (options go
+    too when even they do not fit). Notifications and answers to authenticated requests are left alone."""
+    send = message_interface.send
+
+    def capped(message: aiocoap.Message) -> None:
+        request = getattr(message, "request", None)
+        if request is not None and message.code.is_response() and not is_authenticated(request):
+            shrink(message, request)
+        send(message)
+
+    message_interface.send = capped
 
 
 async def _terminate(context: aiocoap.Context, ctx: CoapContext, bind: tuple[str, int]) -> Any:
@@ -296,6 +341,8 @@ async def _terminate(context: aiocoap.Context, ctx: CoapContext, bind: tuple[str
     holder: dict[str, Any] = {}
 
     def deliver(plain: bytes, sockaddr: tuple[Any, ...]) -> None:
+        if not _screened(ctx, plain, 0, lambda out: terminator.send_to(out, _v6(sockaddr))):
+            return
         try:
             received(plain, holder["ancdata"], 0, _v6(sockaddr))
         except Exception:

@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import aiocoap
 import aiocoap.error
 from aiocoap.numbers.codes import Code
+from aiocoap.numbers.types import CON
 from aiocoap.pipe import Pipe
 from aiocoap.resource import PathCapable, Resource
 
 from ferryman.actors.contracts import Refusal
-from ferryman.actors.topics import topic_name_error
+from ferryman.actors.topics import validate_topic_filter, validate_topic_name
 
-from .auth import Principal, authenticate, check, notify_unsubscribe, refusal_message, topic_of
+from .auth import Principal, authenticate, check, notify_unsubscribe, refusal_message, remote_of, topic_of
 from .context import CoapContext
 from .fast_publish import FastPublish
+from .observers import again_as_con, feed_block1, notify
 from .publish import MqttPort
 from .pump import PublishPump
 
@@ -86,12 +89,18 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
             pipe.add_response(await self._post(request), is_last=True)
         elif code == Code.GET and request.opt.observe == 0:
             await self._observe(pipe, request)
-        elif code == Code.GET:
-            msg = "publish mode: GET needs Observe (an MQTT subscription); POST or PUT publishes"
-            pipe.add_response(refusal_message(Code.METHOD_NOT_ALLOWED, msg), is_last=True)
         else:
-            msg = "publish mode takes POST / PUT (publish) and GET with Observe (subscribe)"
-            pipe.add_response(refusal_message(Code.METHOD_NOT_ALLOWED, msg), is_last=True)
+            # Authenticated first, as every request: a stranger learns nothing but 4.01 (and its answer is
+            # never larger than its request, see listener._cap_answers).
+            who = await authenticate(self.ctx, request)
+            if not isinstance(who, Principal):
+                pipe.add_response(who, is_last=True)
+            elif code == Code.GET:
+                msg = "publish mode: GET needs Observe (an MQTT subscription); POST or PUT publishes"
+                pipe.add_response(refusal_message(Code.METHOD_NOT_ALLOWED, msg), is_last=True)
+            else:
+                msg = "publish mode takes POST / PUT (publish) and GET with Observe (subscribe)"
+                pipe.add_response(refusal_message(Code.METHOD_NOT_ALLOWED, msg), is_last=True)
 
     # -- publish ---------------------------------------------------------------------------------------
     async def _post(self, request: aiocoap.Message) -> aiocoap.Message:
@@ -109,7 +118,7 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
                 Code.REQUEST_ENTITY_TOO_LARGE, f"over {ctx.settings.max_packet_size} bytes"
             )
         try:
-            whole = self._block1.feed_and_take(request)
+            whole = feed_block1(self._block1, request)
         except aiocoap.error.RenderableError as exc:
             reply: aiocoap.Message = exc.to_message()  # 2.31 Continue, 4.08 Incomplete
             return reply
@@ -169,7 +178,15 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
             msg = "the bridge's MQTT session is not attached"
             pipe.add_response(refusal_message(Code.SERVICE_UNAVAILABLE, msg), is_last=True)
             return
-        await Observation(self, pipe, who, topic_filter, port).run()
+        peer = remote_of(request)
+        full = ctx.observers.admit(peer)
+        if full is not None:
+            pipe.add_response(full, is_last=True)
+            return
+        try:
+            await Observation(self, pipe, who, topic_filter, port).run()
+        finally:
+            ctx.observers.leave(peer)
 
 
 class Observation:
@@ -199,49 +216,84 @@ class Observation:
     def revoked(self, refusal: Refusal) -> None:
         self._put(refusal)
 
+    def _subscribe(self, holder: dict[str, Any]) -> tuple[int, bool]:
+        """In the hub: subscribes, and unsubscribes again when the observation ended meanwhile (its task
+        cancelled while it waited: the awaited result is then dropped, see ``AsyncioHost.in_hub``)."""
+        key, ok = self.port.subscribe(self.topic_filter, self.deliver, self.ctx.timeout)
+        holder["key"] = key
+        if holder.get("gone") and key:
+            self.port.unsubscribe(key)  # removing a receiver twice is harmless
+        return key, ok
+
     async def run(self) -> None:
         ctx = self.ctx
         stop: asyncio.Future[None] = self.loop.create_future()
         stop.add_done_callback(lambda _: self._put(None))
         self.site._stop_waiters.add(stop)
         self.who.hold(self.revoked)
-        key = 0
+        # The key of the bridge's receiver: written by the hub greenlet, read here (and the other way round
+        # for "gone"), so that whichever side comes last removes it (both may: that is harmless).
+        holder: dict[str, Any] = {}
         self.site.observations += 1
+        interval = ctx.observers.check_interval
+        con = self.pipe.request.mtype == CON
         try:
-            key, ok = await ctx.host.in_hub(self.port.subscribe, self.topic_filter, self.deliver, ctx.timeout)
+            _, ok = await ctx.host.in_hub(self._subscribe, holder)
             if not ok:
                 msg = "the bridge's MQTT session could not subscribe"
-                self.pipe.add_response(refusal_message(Code.SERVICE_UNAVAILABLE, msg), is_last=True)
+                notify(self.pipe, refusal_message(Code.SERVICE_UNAVAILABLE, msg), is_last=True)
                 return
             first = aiocoap.Message(code=Code.CONTENT, payload=b"")
+            last = aiocoap.Message(code=Code.CONTENT, payload=b"")
             first.opt.observe = number = 0
-            self.pipe.add_response(first, is_last=False)
+            notify(self.pipe, first, is_last=False)
+            last_con = self.loop.time()  # the peer just spoke: as good as an acknowledgement
             while True:
-                item = await self.queue.get()
-                if item is None:
-                    self.pipe.add_response(
-                        refusal_message(Code.SERVICE_UNAVAILABLE, "server shutting down"), is_last=True
+                try:
+                    item = await asyncio.wait_for(
+                        self.queue.get(), max(0.0, last_con + interval - self.loop.time())
                     )
+                except TimeoutError:
+                    # Quiet for the interval: is the peer still there? (RFC 7641 4.5) The last notification
+                    # again, as CON; an RST or no ACK ends the observation (aiocoap cancels this task).
+                    number = (number + 1) & 0xFFFFFF
+                    again = again_as_con(last)
+                    again.opt.observe = number
+                    last_con = self.loop.time()
+                    if not notify(self.pipe, again):
+                        return  # gone meanwhile: the task is being cancelled
+                    continue
+                if item is None:
+                    notify(self.pipe, refusal_message(Code.SERVICE_UNAVAILABLE, "server shutting down"), True)
                     return
                 if isinstance(item, Refusal):
-                    self.pipe.add_response(refusal_message(Code.UNAUTHORIZED, "revoked"), is_last=True)
+                    notify(self.pipe, refusal_message(Code.UNAUTHORIZED, "revoked"), is_last=True)
                     return
                 topic, payload = item
                 grant = self.who.grant
                 if grant is None:
-                    self.pipe.add_response(refusal_message(Code.UNAUTHORIZED, "revoked"), is_last=True)
+                    notify(self.pipe, refusal_message(Code.UNAUTHORIZED, "revoked"), is_last=True)
                     return
                 if not grant.auth_deliver(topic):
                     continue
                 number = (number + 1) & 0xFFFFFF
+                last = aiocoap.Message(code=Code.CONTENT, payload=payload)
                 note = aiocoap.Message(code=Code.CONTENT, payload=payload)
                 note.opt.observe = number
-                self.pipe.add_response(note, is_last=False)
+                now = self.loop.time()
+                if con or now - last_con >= interval:
+                    # A NON observer gets a CON notification at least every interval (RFC 7641 4.5).
+                    note.transport_tuning = aiocoap.Reliable()
+                    last_con = now
+                if not notify(self.pipe, note):
+                    return
         finally:
             # Deregistration, RST, unacknowledged notifications: aiocoap cancels this task.
             self.site.observations -= 1
             self.site._stop_waiters.discard(stop)
             self.who.release(self.revoked)
+            holder["gone"] = True
+            key = holder.get("key")
             if key:
                 ctx.host.to_hub(self.port.unsubscribe, key)
             notify_unsubscribe(ctx, self.who, self.topic_filter)
@@ -249,22 +301,15 @@ class Observation:
 
 
 def _topic_problem(topic: str, wildcards: bool) -> str | None:
+    """Why the path may not be published to (or observed) on the broker: the bridge's one rule
+    (``validate_topic_name`` / ``validate_topic_filter``), answered 4.00 here rather than failing later."""
     if not topic:
         return "no topic: the path is the topic"
     if wildcards:
-        return None if _valid_filter(topic) else f"bad topic filter: {topic}"
-    problem = topic_name_error(topic)
+        problem = validate_topic_filter(topic)
+        return f"bad topic filter: {problem}" if problem else None
+    problem = validate_topic_name(topic)
     return f"bad topic: {problem}" if problem else None
-
-
-def _valid_filter(topic_filter: str) -> bool:
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return False
-        if "+" in level and level != "+":
-            return False
-    return "\x00" not in topic_filter
 
 
 def _query_options(queries: Iterable[str], default_qos: int) -> tuple[int, bool] | aiocoap.Message:

@@ -42,6 +42,7 @@ from aiocoap.resource import PathCapable
 
 from .auth import Principal, action_of, authenticate, authorize, refusal_message, remote_of, topic_of
 from .context import CoapContext
+from .observers import feed_block1
 from .proxy_fast import FastProxy, fast_path_enabled
 from .proxy_observe import Relay
 from .proxy_upstream import Upstream, UpstreamError, forwarded_request, relayed_response, unsupported_options
@@ -153,10 +154,18 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
             if refusal is not None:
                 pipe.add_response(refusal, is_last=True)
                 return
-            remote = await self.upstream.remote()
-            forwarded = forwarded_request(request, request.payload, self.upstream.prefix, remote, 0)
-            relay = Relay(ctx, self.upstream, pipe, principal, topic, self._fit, self.relays)
-            await relay.run(forwarded)
+            peer = remote_of(request)
+            full = ctx.observers.admit(peer)
+            if full is not None:
+                pipe.add_response(full, is_last=True)
+                return
+            try:
+                remote = await self.upstream.remote()
+                forwarded = forwarded_request(request, request.payload, self.upstream.prefix, remote, 0)
+                relay = Relay(ctx, self.upstream, pipe, principal, topic, self._fit, self.relays)
+                await relay.run(forwarded)
+            finally:
+                ctx.observers.leave(peer)
             return
         refusal = self._read_refusal(principal, topic, request)
         if refusal is None and action == "unsubscribe":
@@ -181,7 +190,7 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
                 pipe.add_response(too_large, is_last=True)
                 return
             try:
-                request = self._spool().feed_and_take(request)
+                request = feed_block1(self._spool(), request)
             except (ContinueException, IncompleteException) as exc:
                 pipe.add_response(exc.to_message(), is_last=True)
                 return

@@ -78,7 +78,9 @@ from .codec import (
     URI_PORT,
     URI_QUERY,
     Datagram,
+    answer_room,
     encode,
+    fit,
     parse,
     uint,
 )
@@ -301,7 +303,7 @@ class FastProxy:
         client = _Client(data, address, reply, msg, dedup)
         ctx = self.ctx
         if ctx.stopping or self.closed:
-            self._answer(client, _SERVICE_UNAVAILABLE, (), b"server shutting down")
+            self._answer(client, _SERVICE_UNAVAILABLE, (), b"server shutting down", unauthenticated=True)
             return True
         entry = self.sessions.get((address, auth)) if auth is not None else None
         if entry is None:
@@ -320,10 +322,12 @@ class FastProxy:
             principal = await authenticate(self.ctx, shim)
         except Exception as exc:
             self.ctx.log("error", "listener {!r}: authentication failed: {!r}", self.ctx.name, exc)
-            self._answer(client, _SERVICE_UNAVAILABLE, (), b"authentication unavailable")
+            self._answer(
+                client, _SERVICE_UNAVAILABLE, (), b"authentication unavailable", unauthenticated=True
+            )
             return
         if isinstance(principal, aiocoap.Message):
-            self._answer(client, int(principal.code), (), principal.payload)
+            self._answer(client, int(principal.code), (), principal.payload, unauthenticated=True)
             return
         if auth is not None:
             self.sessions.put((client.address, auth), principal.entry)
@@ -395,7 +399,11 @@ class FastProxy:
         code: int,
         options: list[tuple[int, bytes]] | tuple[tuple[int, bytes], ...],
         payload: bytes,
+        unauthenticated: bool = False,
     ) -> None:
+        if unauthenticated:  # never larger than the request (UDP sources can be spoofed)
+            options = ()
+            payload = fit(payload, answer_room(len(client.data), client.token))
         if client.mtype == CON:
             out = encode(ACK, code, client.mid, client.token, options, payload)
             seen = self.dedup.get(client.dedup)

@@ -13,12 +13,15 @@ Whatever ends it, the ``finally`` of :meth:`Relay.run` cancels the upstream obse
 target at once: GET Observe = 1), releases the session and tells ``on_unsubscribe``.
 
 Notifications keep the client's message type (CON registration: CON notifications); a NON observer gets
-every fifth notification, and one at least every minute, as CON, so a client that is gone is noticed
-(RFC 7641 4.5) and its state freed.
+every fifth notification, and one at least every minute (or ``observe_check_interval``), as CON; and an
+observation quiet for ``observe_check_interval`` sends its last notification again as CON: so a client
+that is gone is noticed (RFC 7641 4.5) and its state freed, the target's observation included
+(observers.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +37,7 @@ from loguru import logger
 from ferryman.actors.contracts import Refusal, RefusalCode
 
 from .auth import Principal, notify_unsubscribe, refusal_message
+from .observers import again_as_con, notify, pipe_ended
 from .proxy_upstream import Upstream, UpstreamError, relayed_response
 
 if TYPE_CHECKING:
@@ -74,6 +78,9 @@ class Relay:
         self.sent = 0
         self.last_con = time.monotonic()
         self.ended = False
+        self.interval = ctx.observers.check_interval
+        self.last: aiocoap.Message | None = None  # the last notification, as handed to aiocoap
+        self._check: asyncio.TimerHandle | None = None
 
     async def run(self, forwarded: aiocoap.Message) -> None:
         request = self.pipe.request
@@ -109,6 +116,8 @@ class Relay:
             self._send(exc.to_message(), final=True)
         finally:
             self.ended = True
+            if self._check is not None:
+                self._check.cancel()
             self.registry.discard(self)
             if handle is not None:
                 observation = handle.observation
@@ -122,19 +131,43 @@ class Relay:
             notify_unsubscribe(self.ctx, self.principal, self.topic)
 
     def _send(self, response: aiocoap.Message, final: bool) -> None:
-        if self.ended:
+        if self.ended or pipe_ended(self.pipe):
             return
         if final:
             self.ended = True
         else:
+            self.last = again_as_con(response)  # a copy: aiocoap changes what it sends
             response.opt.observe = next(_sequence) & 0xFFFFFF
+            now = time.monotonic()
             if self.non:
                 self.sent += 1
-                now = time.monotonic()
-                if self.sent % _CON_EVERY == 0 or now - self.last_con >= _CON_INTERVAL:
+                if self.sent % _CON_EVERY == 0 or now - self.last_con >= min(_CON_INTERVAL, self.interval):
                     response.transport_tuning = aiocoap.Reliable()
                     self.last_con = now
-        self.pipe.add_response(response, is_last=final)
+            else:
+                self.last_con = now  # every notification of a CON registration is CON
+            self._arm()
+        notify(self.pipe, response, is_last=final)
+
+    def _arm(self) -> None:
+        """(Re)schedules the liveness check ``interval`` after the last CON notification."""
+        if self._check is not None:
+            self._check.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self.last_con + self.interval - time.monotonic())
+        self._check = loop.call_later(delay, self._liveness)
+
+    def _liveness(self) -> None:
+        """Quiet for the interval: the last notification again, as CON (RFC 7641 4.5). An RST or no ACK
+        ends the client's observation (aiocoap cancels the render task; its ``finally`` cleans up)."""
+        self._check = None
+        if self.ended or self.last is None or pipe_ended(self.pipe):
+            return
+        again = again_as_con(self.last)
+        self.last_con = time.monotonic()
+        again.opt.observe = next(_sequence) & 0xFFFFFF
+        self._arm()
+        notify(self.pipe, again)
 
     def end(self, response: aiocoap.Message) -> None:
         """Ends the client's observation with ``response`` (unsuccessful); the render task is then
