@@ -114,6 +114,10 @@ class Grant:
 
     The default implementation answers from two ACLs of MQTT topic filters. Subclass and override the
     ``auth_*`` methods for per-packet logic; keep them fast and free of I/O: they run inline for every packet.
+
+    ``take_client_id``: this session may use an MQTT client id bound to another identity (see
+    ``actors/client_ids.py``; the binding then moves to this session's identity). Off by default: a
+    client id belongs to the identity that first claimed it. The bridge's own client id stays reserved.
     """
 
     __slots__ = (
@@ -124,6 +128,7 @@ class Grant:
         "publish_all",
         "publish_by_topic",
         "subscribe",
+        "take_client_id",
     )
 
     def __init__(
@@ -131,10 +136,13 @@ class Grant:
         publish: TopicMatcher | Iterable[str] = (),
         subscribe: TopicMatcher | Iterable[str] = (),
         interceptors: Iterable[Interceptor] = (),
+        *,
+        take_client_id: bool = False,
     ) -> None:
         self.publish = publish if isinstance(publish, TopicMatcher) else TopicMatcher(publish)
         self.subscribe = subscribe if isinstance(subscribe, TopicMatcher) else TopicMatcher(subscribe)
         self.interceptors: tuple[Interceptor, ...] = tuple(interceptors)
+        self.take_client_id = take_client_id
         cls = type(self)
         # Fast paths for the data plane: skip topic parsing entirely when nothing can be refused.
         self.publish_all = (
@@ -182,7 +190,12 @@ class CombinedGrant(Grant):
 
     def __init__(self, parts: Iterable[Grant]) -> None:
         self.parts = tuple(parts)
-        super().__init__(("#",), ("#",), itertools.chain.from_iterable(p.interceptors for p in self.parts))
+        super().__init__(
+            ("#",),
+            ("#",),
+            itertools.chain.from_iterable(p.interceptors for p in self.parts),
+            take_client_id=all(p.take_client_id for p in self.parts),
+        )
         self.publish_all = all(p.publish_all for p in self.parts) and not self.interceptors
         self.deliver_all = all(p.deliver_all for p in self.parts) and not self.interceptors
         self.publish_by_topic = all(p.publish_by_topic for p in self.parts)

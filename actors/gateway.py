@@ -18,6 +18,7 @@ import pykka
 from loguru import logger
 
 from .bootstrap import verify
+from .client_ids import ClientIdBinding
 from .contracts import Refusal, RefusalCode
 from .handler import HandlerActor, HandlerChain
 from .metrics import Metrics, MetricsServer
@@ -111,7 +112,8 @@ class Gateway:
             if errors:
                 raise GatewayError(f"handler {name!r}: " + "; ".join(errors))
             self.handlers.append(cls.start(options=options, settings=s, router=self.router))
-        chain = HandlerChain(self.handlers)
+        # One client id binding for every listener (actors/client_ids.py), with the bridge's id reserved.
+        chain = HandlerChain(self.handlers, client_ids=ClientIdBinding.for_settings(s))
         for build in self._components:
             self.parts.extend(build(self))
         for ls in s.listeners:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pykka
 from loguru import logger
 
+from .client_ids import ClientIdBinding
 from .contracts import CombinedGrant, Grant, Message, Refusal, RefusalCode, Session
 
 __all__ = ["HandlerActor", "HandlerChain"]
@@ -84,11 +85,20 @@ class HandlerChain:
 
     The combined decision: the first Refusal wins; grants are intersected; if every handler abstains the
     connection is refused (fail closed).
+
+    ``client_ids``: the gateway-wide binding of MQTT client ids to identities; one chain is shared by
+    every listener of a Gateway, and so is its binding (a fresh one, mode "identity", when not given).
     """
 
-    def __init__(self, refs: Sequence[pykka.ActorRef[Any]], ask_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        refs: Sequence[pykka.ActorRef[Any]],
+        ask_timeout: float = 5.0,
+        client_ids: ClientIdBinding | None = None,
+    ) -> None:
         self.refs = tuple(refs)
         self.ask_timeout = ask_timeout
+        self.client_ids = client_ids if client_ids is not None else ClientIdBinding()
         self._proxies = [ref.proxy() for ref in self.refs]
         self._listeners: dict[str, list[Any]] = {}
         for ref, proxy in zip(self.refs, self._proxies, strict=True):

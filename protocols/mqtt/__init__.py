@@ -1,6 +1,6 @@
 """ferryman.protocols.mqtt: MQTT 3.1 / 3.1.1 / 5 codec, framing and constants."""
 
-from .codec import PROTOCOLS, decode, decode_connect, encode, publish_fields
+from .codec import NO_LIMITS, PROTOCOLS, Limits, decode, decode_connect, encode, publish_fields
 from .constants import (
     ALLOWED_REASON_CODES,
     PROPERTIES,
@@ -17,6 +17,7 @@ from .errors import (
     MqttError,
     PacketTooLarge,
     ProtocolError,
+    TooManyElements,
     TopicFilterInvalid,
     TopicNameInvalid,
     UnsupportedProtocolVersion,
@@ -49,6 +50,7 @@ from .packets import (
 __all__ = [
     "ALLOWED_REASON_CODES",
     "MAX_REMAINING_LENGTH",
+    "NO_LIMITS",
     "PROPERTIES",
     "PROTOCOLS",
     "WILL",
@@ -59,6 +61,7 @@ __all__ = [
     "Disconnect",
     "Frame",
     "Framer",
+    "Limits",
     "MalformedPacket",
     "MqttError",
     "Packet",
@@ -80,6 +83,7 @@ __all__ = [
     "Suback",
     "Subscribe",
     "Subscription",
+    "TooManyElements",
     "TopicFilterInvalid",
     "TopicNameInvalid",
     "Unsuback",

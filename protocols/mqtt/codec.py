@@ -9,6 +9,7 @@ Encoding lives in ``encoder.py`` and is re-exported here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
 from ferryman.actors.topics import filter_error, topic_name_error
@@ -18,6 +19,7 @@ from .encoder import encode
 from .errors import (
     MalformedPacket,
     ProtocolError,
+    TooManyElements,
     TopicFilterInvalid,
     TopicNameInvalid,
     UnsupportedProtocolVersion,
@@ -45,7 +47,16 @@ from .packets import (
 )
 from .properties import decode_properties, read_binary, read_string, read_u16
 
-__all__ = ["PROTOCOLS", "changed_bytes", "decode", "decode_connect", "encode", "publish_fields"]
+__all__ = [
+    "NO_LIMITS",
+    "PROTOCOLS",
+    "Limits",
+    "changed_bytes",
+    "decode",
+    "decode_connect",
+    "encode",
+    "publish_fields",
+]
 
 # (protocol name, protocol level) pairs a CONNECT may carry.
 PROTOCOLS = frozenset((("MQTT", 4), ("MQTT", 5), ("MQIsdp", 3)))
@@ -53,13 +64,29 @@ PROTOCOLS = frozenset((("MQTT", 4), ("MQTT", 5), ("MQIsdp", 3)))
 _P = PacketType
 _SUBSCRIPTION_IDENTIFIER = int(PropertyId.SUBSCRIPTION_IDENTIFIER)
 _TOPIC_ALIAS = PropertyId.TOPIC_ALIAS.value
+_USER_PROPERTY = PropertyId.USER_PROPERTY.value
 
-Decoder = Callable[[bytes, int, bool], Packet]
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps on the elements of one packet, 0 for none: repeatable properties (User Property; Subscription
+    Identifier in a PUBLISH) per packet, topic filters per SUBSCRIBE / UNSUBSCRIBE. Decoding stops with
+    ``TooManyElements`` (0x95) at the first element past a cap, so an element-heavy packet costs no more
+    than one at the cap. A proxy decodes its clients' packets with its listener's caps."""
+
+    user_properties: int = 0
+    topic_filters: int = 0
 
 
-def decode(first_byte: int, body: bytes | memoryview, version: int) -> Packet:
+NO_LIMITS = Limits()
+
+Decoder = Callable[[bytes, int, bool, Limits], Packet]
+
+
+def decode(first_byte: int, body: bytes | memoryview, version: int, limits: Limits = NO_LIMITS) -> Packet:
     """Decode one packet. ``version`` is 5 for MQTT 5, anything else means 3.1.1/3.1 (CONNECT ignores it
-    and uses its own protocol level). Raises an ``MqttError`` subclass when the packet is not valid."""
+    and uses its own protocol level). Raises an ``MqttError`` subclass when the packet is not valid, or
+    ``TooManyElements`` when it holds more elements than ``limits`` allows."""
     data = body if type(body) is bytes else bytes(body)
     ptype = first_byte >> 4
     flags = first_byte & 0x0F
@@ -69,7 +96,7 @@ def decode(first_byte: int, body: bytes | memoryview, version: int) -> Packet:
         raise MalformedPacket(
             f"{_P(ptype).name} fixed header flags are 0x{flags:X}, must be 0x{_FLAGS[ptype]:X}"
         )
-    return _DECODERS[ptype](data, flags, version == 5)
+    return _DECODERS[ptype](data, flags, version == 5, limits)
 
 
 def changed_bytes(raw: bytes, packet: Packet, version: int) -> bytes | None:
@@ -88,11 +115,17 @@ def changed_bytes(raw: bytes, packet: Packet, version: int) -> bytes | None:
 
 def decode_connect(body: bytes | memoryview) -> Connect:
     """Decode a CONNECT body (any protocol level)."""
-    return _decode_connect(body if type(body) is bytes else bytes(body), 0, False)
+    return _decode_connect(body if type(body) is bytes else bytes(body), 0, False, NO_LIMITS)
 
 
 def publish_fields(
-    buf: bytes, body: int, end: int, first_byte: int, version: int, from_client: bool = False
+    buf: bytes,
+    body: int,
+    end: int,
+    first_byte: int,
+    version: int,
+    from_client: bool = False,
+    limits: Limits = NO_LIMITS,
 ) -> tuple[str, int | None, int, int]:
     """``(topic, topic alias or None, payload offset, packet id or 0)`` of the PUBLISH at ``buf[body:end]``,
     payload untouched: the proxy's per-PUBLISH fast path.
@@ -101,7 +134,9 @@ def publish_fields(
     ``decode`` does (it is the same code), so a packet that passes here differs from a decodable one only
     in its payload (which decode does not validate either). ``from_client``: a Subscription Identifier is
     a protocol error in a PUBLISH a client sends (MQTT-3.3.4-6); only servers add them."""
-    topic, packet_id, props, pos = _publish_head(buf, body, end, first_byte & 0x0F, version == 5)
+    topic, packet_id, props, pos = _publish_head(
+        buf, body, end, first_byte & 0x0F, version == 5, limits.user_properties
+    )
     alias = None
     for pid, value in props:
         if pid == _TOPIC_ALIAS:
@@ -112,7 +147,7 @@ def publish_fields(
 
 
 def _publish_head(
-    data: bytes, pos: int, end: int, flags: int, v5: bool
+    data: bytes, pos: int, end: int, flags: int, v5: bool, max_props: int = 0
 ) -> tuple[str, int | None, Properties, int]:
     qos = (flags >> 1) & 3
     if qos == 3:
@@ -130,7 +165,7 @@ def _publish_head(
         if pos < end and data[pos] == 0:
             pos += 1
         else:
-            props, pos = decode_properties(data, pos, end, _P.PUBLISH)
+            props, pos = decode_properties(data, pos, end, _P.PUBLISH, max_props)
     if topic:
         # read_string has checked UTF-8, U+0000 and the length; only wildcards are left (hot: per PUBLISH).
         if "+" in topic or "#" in topic:
@@ -140,13 +175,13 @@ def _publish_head(
     return topic, packet_id, props, pos
 
 
-def _decode_publish(data: bytes, flags: int, v5: bool) -> Publish:
-    topic, packet_id, props, pos = _publish_head(data, 0, len(data), flags, v5)
+def _decode_publish(data: bytes, flags: int, v5: bool, lim: Limits) -> Publish:
+    topic, packet_id, props, pos = _publish_head(data, 0, len(data), flags, v5, lim.user_properties)
     qos = (flags >> 1) & 3
     return Publish(topic, data[pos:], qos, bool(flags & 1), bool(flags & 8), packet_id, props)
 
 
-def _decode_connect(data: bytes, flags: int, v5: bool) -> Connect:
+def _decode_connect(data: bytes, flags: int, v5: bool, lim: Limits) -> Connect:
     end = len(data)
     name, pos = read_string(data, 0, end, "protocol name")
     if pos >= end:
@@ -174,7 +209,7 @@ def _decode_connect(data: bytes, flags: int, v5: bool) -> Connect:
         raise MalformedPacket("CONNECT password flag set without the user name flag")
     props: Properties = []
     if v5:
-        props, pos = decode_properties(data, pos, end, _P.CONNECT)
+        props, pos = decode_properties(data, pos, end, _P.CONNECT, lim.user_properties)
     client_id, pos = read_string(data, pos, end, "client identifier")
     clean_start = bool(cflags & 0x02)
     if not client_id and not clean_start and not v5:
@@ -183,7 +218,11 @@ def _decode_connect(data: bytes, flags: int, v5: bool) -> Connect:
     if will_flag:
         will_props: Properties = []
         if v5:
-            will_props, pos = decode_properties(data, pos, end, WILL)
+            will_props, pos = decode_properties(data, pos, end, WILL, lim.user_properties)
+            cap = lim.user_properties
+            if cap and sum(p == _USER_PROPERTY for p, _ in (*props, *will_props)) > cap:
+                # One cap for the packet, CONNECT and will properties together (each block was capped).
+                raise TooManyElements(f"more than {cap} user properties (max_user_properties) in one packet")
         will_topic, pos = read_string(data, pos, end, "will topic")
         err = topic_name_error(will_topic) if will_topic else "empty topic name"
         if err:
@@ -199,7 +238,7 @@ def _decode_connect(data: bytes, flags: int, v5: bool) -> Connect:
     return Connect(client_id, level, name, clean_start, keepalive, username, password, will, props)
 
 
-def _decode_connack(data: bytes, flags: int, v5: bool) -> Connack:
+def _decode_connack(data: bytes, flags: int, v5: bool, lim: Limits) -> Connack:
     end = len(data)
     if end < (3 if v5 else 2):
         raise MalformedPacket("CONNACK truncated")
@@ -210,7 +249,7 @@ def _decode_connack(data: bytes, flags: int, v5: bool) -> Connack:
     props: Properties = []
     if v5:
         _check_reason(code, _P.CONNACK)
-        props, pos = decode_properties(data, 2, end, _P.CONNACK)
+        props, pos = decode_properties(data, 2, end, _P.CONNACK, lim.user_properties)
         _check_end(pos, end, "CONNACK")
     elif end != 2:
         raise MalformedPacket("CONNACK has bytes after the return code")
@@ -225,7 +264,7 @@ def _ack_decoder(cls: type[Puback | Pubrec | Pubrel | Pubcomp]) -> Decoder:
     ptype = cls.packet_type
     allowed = ALLOWED_REASON_CODES[ptype]
 
-    def decode_ack(data: bytes, flags: int, v5: bool) -> Packet:
+    def decode_ack(data: bytes, flags: int, v5: bool, lim: Limits) -> Packet:
         end = len(data)
         packet_id = _packet_id(data, end, ptype)
         if end == 2:
@@ -237,22 +276,25 @@ def _ack_decoder(cls: type[Puback | Pubrec | Pubrel | Pubcomp]) -> Decoder:
             raise MalformedPacket(f"{ptype.name} reason code 0x{code:02X} is not allowed")
         if end == 3:
             return cls(packet_id, code)
-        props, pos = decode_properties(data, 3, end, ptype)
+        props, pos = decode_properties(data, 3, end, ptype, lim.user_properties)
         _check_end(pos, end, ptype.name)
         return cls(packet_id, code, props)
 
     return decode_ack
 
 
-def _decode_subscribe(data: bytes, flags: int, v5: bool) -> Subscribe:
+def _decode_subscribe(data: bytes, flags: int, v5: bool, lim: Limits) -> Subscribe:
     end = len(data)
     packet_id = _packet_id(data, end, _P.SUBSCRIBE)
     pos = 2
     props: Properties = []
     if v5:
-        props, pos = decode_properties(data, pos, end, _P.SUBSCRIBE)
+        props, pos = decode_properties(data, pos, end, _P.SUBSCRIBE, lim.user_properties)
     subs: list[Subscription] = []
+    cap = lim.topic_filters
     while pos < end:
+        if cap and len(subs) >= cap:
+            raise TooManyElements(f"SUBSCRIBE with more than {cap} topic filters (max_topic_filters)")
         topic_filter, pos = read_string(data, pos, end, "topic filter")
         if pos >= end:
             raise MalformedPacket(f"subscription options of {topic_filter!r} missing")
@@ -284,15 +326,18 @@ def _decode_subscribe(data: bytes, flags: int, v5: bool) -> Subscribe:
     return Subscribe(packet_id, subs, props)
 
 
-def _decode_unsubscribe(data: bytes, flags: int, v5: bool) -> Unsubscribe:
+def _decode_unsubscribe(data: bytes, flags: int, v5: bool, lim: Limits) -> Unsubscribe:
     end = len(data)
     packet_id = _packet_id(data, end, _P.UNSUBSCRIBE)
     pos = 2
     props: Properties = []
     if v5:
-        props, pos = decode_properties(data, pos, end, _P.UNSUBSCRIBE)
+        props, pos = decode_properties(data, pos, end, _P.UNSUBSCRIBE, lim.user_properties)
     filters: list[str] = []
+    cap = lim.topic_filters
     while pos < end:
+        if cap and len(filters) >= cap:
+            raise TooManyElements(f"UNSUBSCRIBE with more than {cap} topic filters (max_topic_filters)")
         topic_filter, pos = read_string(data, pos, end, "topic filter")
         _check_filter(topic_filter, v5)
         filters.append(topic_filter)
@@ -301,13 +346,13 @@ def _decode_unsubscribe(data: bytes, flags: int, v5: bool) -> Unsubscribe:
     return Unsubscribe(packet_id, filters, props)
 
 
-def _decode_suback(data: bytes, flags: int, v5: bool) -> Suback:
+def _decode_suback(data: bytes, flags: int, v5: bool, lim: Limits) -> Suback:
     end = len(data)
     packet_id = _packet_id(data, end, _P.SUBACK)
     pos = 2
     props: Properties = []
     if v5:
-        props, pos = decode_properties(data, pos, end, _P.SUBACK)
+        props, pos = decode_properties(data, pos, end, _P.SUBACK, lim.user_properties)
     codes = list(data[pos:end])
     if not codes:
         raise ProtocolError("SUBACK without reason codes")
@@ -318,13 +363,13 @@ def _decode_suback(data: bytes, flags: int, v5: bool) -> Suback:
     return Suback(packet_id, codes, props)
 
 
-def _decode_unsuback(data: bytes, flags: int, v5: bool) -> Unsuback:
+def _decode_unsuback(data: bytes, flags: int, v5: bool, lim: Limits) -> Unsuback:
     end = len(data)
     packet_id = _packet_id(data, end, _P.UNSUBACK)
     if not v5:
         _check_end(2, end, "UNSUBACK")
         return Unsuback(packet_id)
-    props, pos = decode_properties(data, 2, end, _P.UNSUBACK)
+    props, pos = decode_properties(data, 2, end, _P.UNSUBACK, lim.user_properties)
     codes = list(data[pos:end])
     if not codes:
         raise ProtocolError("UNSUBACK without reason codes")
@@ -333,32 +378,32 @@ def _decode_unsuback(data: bytes, flags: int, v5: bool) -> Unsuback:
     return Unsuback(packet_id, codes, props)
 
 
-def _decode_pingreq(data: bytes, flags: int, v5: bool) -> Pingreq:
+def _decode_pingreq(data: bytes, flags: int, v5: bool, lim: Limits) -> Pingreq:
     _check_end(0, len(data), "PINGREQ")
     return Pingreq()
 
 
-def _decode_pingresp(data: bytes, flags: int, v5: bool) -> Pingresp:
+def _decode_pingresp(data: bytes, flags: int, v5: bool, lim: Limits) -> Pingresp:
     _check_end(0, len(data), "PINGRESP")
     return Pingresp()
 
 
-def _decode_disconnect(data: bytes, flags: int, v5: bool) -> Disconnect:
+def _decode_disconnect(data: bytes, flags: int, v5: bool, lim: Limits) -> Disconnect:
     if not v5:
         _check_end(0, len(data), "DISCONNECT")
         return Disconnect()
-    code, props = _reason_and_properties(data, _P.DISCONNECT)
+    code, props = _reason_and_properties(data, _P.DISCONNECT, lim.user_properties)
     return Disconnect(code, props)
 
 
-def _decode_auth(data: bytes, flags: int, v5: bool) -> Auth:
+def _decode_auth(data: bytes, flags: int, v5: bool, lim: Limits) -> Auth:
     if not v5:
         raise MalformedPacket("AUTH is reserved before MQTT 5")
-    code, props = _reason_and_properties(data, _P.AUTH)
+    code, props = _reason_and_properties(data, _P.AUTH, lim.user_properties)
     return Auth(code, props)
 
 
-def _reason_and_properties(data: bytes, ptype: PacketType) -> tuple[int, Properties]:
+def _reason_and_properties(data: bytes, ptype: PacketType, cap: int = 0) -> tuple[int, Properties]:
     """DISCONNECT/AUTH body: empty, a reason code alone, or a reason code and properties."""
     end = len(data)
     if not end:
@@ -370,12 +415,12 @@ def _reason_and_properties(data: bytes, ptype: PacketType) -> tuple[int, Propert
             # Only DISCONNECT may omit the property length alone; AUTH omits both or neither (3.15.2.1).
             raise MalformedPacket("AUTH property length missing")
         return code, []
-    props, pos = decode_properties(data, 1, end, ptype)
+    props, pos = decode_properties(data, 1, end, ptype, cap)
     _check_end(pos, end, ptype.name)
     return code, props
 
 
-def _reserved(data: bytes, flags: int, v5: bool) -> Packet:
+def _reserved(data: bytes, flags: int, v5: bool, lim: Limits) -> Packet:
     raise MalformedPacket("reserved packet type 0")
 
 

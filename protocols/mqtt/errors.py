@@ -8,6 +8,7 @@ __all__ = [
     "MqttError",
     "PacketTooLarge",
     "ProtocolError",
+    "TooManyElements",
     "TopicFilterInvalid",
     "TopicNameInvalid",
     "UnsupportedProtocolVersion",
@@ -45,6 +46,16 @@ class UnsupportedProtocolVersion(MqttError):
 
 class PacketTooLarge(MqttError):
     """0x95: remaining length beyond the configured maximum packet size."""
+
+    reason_code = 0x95
+
+
+class TooManyElements(PacketTooLarge):
+    """0x95: more user properties, or topic filters, than the listener's cap (``max_user_properties``,
+    ``max_topic_filters``). The spec sets no such limit; the gateway does so that one packet costs as much
+    work as its first few dozen elements, not as its hundreds of thousands. Of the codes a CONNACK and a
+    DISCONNECT may carry, Packet too large says it best: the packet is bigger, in elements, than this
+    receiver takes, and sending it again will not help (0x81 / 0x82 would call a valid packet invalid)."""
 
     reason_code = 0x95
 

@@ -23,6 +23,7 @@ from ferryman.actors.contracts import Refusal, RefusalCode
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 from ferryman.actors.session import ActorSessionControl, Call
+from ferryman.protocols.accept import ExhaustionBackoff
 from ferryman.protocols.tls import client as tls_client
 from ferryman.protocols.tls.server import NO_PEER, PeerCertificate, TlsRefused, TlsTerminator
 
@@ -30,7 +31,14 @@ from .proxy import MqttConnection, Stream
 from .refusals import connack_code
 from .session import MqttClientSession, MqttUpstreamSession
 
-__all__ = ["Dialer", "ListenerContext", "MqttListener", "MqttServing", "socket_dialer"]
+__all__ = [
+    "AcceptServer",
+    "Dialer",
+    "ListenerContext",
+    "MqttListener",
+    "MqttServing",
+    "socket_dialer",
+]
 
 #: Opens the upstream within a timeout (seconds); raises OSError when it cannot.
 Dialer = Callable[[float], Stream]
@@ -43,6 +51,14 @@ def socket_dialer(host: str, port: int, tls: ssl.SSLContext | None, server_name:
         return tls_client.dial(host, port, timeout, tls, server_name)
 
     return dial
+
+
+class AcceptServer(ExhaustionBackoff, StreamServer):  # type: ignore[misc]  # gevent is untyped
+    """The MQTT listener's ``StreamServer``, with ``ExhaustionBackoff``."""
+
+    def __init__(self, listener: Any, handle: Any, name: str = "") -> None:
+        super().__init__(listener, handle)
+        self.label = name
 
 
 @dataclass
@@ -236,7 +252,7 @@ class MqttListener(MqttServing):
 
     def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
         super().__init__(settings, chain, metrics)
-        self.server = StreamServer((settings.host, settings.port), self._handle)
+        self.server = AcceptServer((settings.host, settings.port), self._handle, settings.name)
         self.server.init_socket()
         self.address = self.server.address[:2]
 

@@ -11,7 +11,7 @@ from typing import cast
 from ferryman.actors.topics import topic_name_error
 
 from .constants import PROPERTIES, WILL, PacketType, PropertyId, PropertyType
-from .errors import MalformedPacket, ProtocolError
+from .errors import MalformedPacket, ProtocolError, TooManyElements
 from .packets import Properties
 
 __all__ = [
@@ -125,12 +125,18 @@ def write_binary(out: bytearray, b: bytes) -> None:
     out += b
 
 
-def decode_properties(data: bytes, pos: int, end: int, where: int) -> tuple[Properties, int]:
+def decode_properties(
+    data: bytes, pos: int, end: int, where: int, max_repeated: int = 0
+) -> tuple[Properties, int]:
     """The property block at ``pos`` of a packet (or, ``where == WILL``, will properties) of type ``where``.
 
     Unknown or misplaced identifiers and values that overrun the block are a Malformed Packet; duplicates of
     a property that may not repeat, out-of-range values and a Response Topic that is no valid topic name
     are a Protocol Error (Topic Alias 0: 0x94).
+
+    ``max_repeated`` (0: no cap) bounds the properties that may repeat (User Property, and Subscription
+    Identifier in a PUBLISH): the block is abandoned with ``TooManyElements`` (0x95) at the first one
+    past it, so a block of 200,000 user properties costs what ``max_repeated`` of them cost.
     """
     length, pos = read_varint(data, pos, end, "property length")
     if not length:
@@ -141,6 +147,7 @@ def decode_properties(data: bytes, pos: int, end: int, where: int) -> tuple[Prop
     props: Properties = []
     seen: set[int] = set()
     table = _BY_PACKET[where]
+    repeated = 0
     while pos < stop:
         pid = data[pos]
         entry = table.get(pid)
@@ -149,7 +156,13 @@ def decode_properties(data: bytes, pos: int, end: int, where: int) -> tuple[Prop
                 raise MalformedPacket(f"property {_NAMES[pid]} is not allowed here")
             raise MalformedPacket(f"unknown property identifier 0x{pid:02X}")
         t, repeatable, values = entry
-        if pid in seen and not repeatable:
+        if repeatable:
+            repeated += 1
+            if max_repeated and repeated > max_repeated:
+                raise TooManyElements(
+                    f"more than {max_repeated} user properties (max_user_properties) in one packet"
+                )
+        elif pid in seen:
             raise ProtocolError(f"property {_NAMES[pid]} appears more than once")
         seen.add(pid)
         pos += 1

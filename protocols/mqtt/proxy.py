@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,6 +18,7 @@ import gevent
 from gevent.lock import Semaphore
 from loguru import logger
 
+from ferryman.actors.client_ids import identity_of, session_lifetime
 from ferryman.actors.contracts import (
     Direction,
     Grant,
@@ -31,8 +33,15 @@ from ferryman.protocols.tls.server import NO_PEER
 
 from . import codec, pump
 from .coalesce import ReadCoalescer
-from .constants import ConnackV3
-from .errors import MessageRateTooHigh, MqttError, ProtocolError, UnsupportedProtocolVersion
+from .codec import Limits
+from .constants import ConnackV3, ReasonCode
+from .errors import (
+    MessageRateTooHigh,
+    MqttError,
+    ProtocolError,
+    TooManyElements,
+    UnsupportedProtocolVersion,
+)
 from .framing import Frame, Framer, Run
 from .limits import RateLimiter
 from .packets import Connack, Connect, Disconnect
@@ -55,7 +64,12 @@ REASON_STRING = 31  # MQTT 5 properties
 AUTHENTICATION_METHOD = 21
 KEEP_ALIVE_TIMEOUT = 0x8D
 CLIENT_IDENTIFIER_NOT_VALID = 0x85
+SESSION_EXPIRY_INTERVAL = 0x11
+SESSION_TAKEN_OVER = int(ReasonCode.SESSION_TAKEN_OVER)
 MAX_EARLY_REPLIES = 1000  # answers held back until the broker's CONNACK (bounds a flooding client)
+# Seconds after a newer connection with the same client id went to the broker within which the broker
+# dropping this one is its session takeover (0x8E to an MQTT 5 device), not an outage (0x89).
+TAKEOVER_WINDOW = 30.0
 
 
 class Stream(Protocol):
@@ -110,6 +124,16 @@ class MqttConnection:
         self.control: SessionControl | None = None
         self.peer = NO_PEER  # the verified client certificate, on mTLS listeners
         self.on_close: list[Callable[[str], None]] = []
+        # The listener's caps on the elements of one client packet (codec.Limits).
+        self.limits = Limits(
+            int(getattr(ctx.settings, "max_user_properties", 64)),
+            int(getattr(ctx.settings, "max_topic_filters", 128)),
+        )
+        # The client id this connection holds in the gateway's binding (None: none), how long the broker
+        # keeps its session once it ends, and when a newer connection took it over (0: never).
+        self._claimed: str | None = None
+        self._lifetime = 0.0
+        self._taken_over_at = 0.0
         self._up_counters = PacketCounters(ctx.metrics, ctx.name, "up")
         self._down_counters = PacketCounters(ctx.metrics, ctx.name, "down")
 
@@ -149,6 +173,8 @@ class MqttConnection:
         finally:
             if held:
                 self._upstream_lock.release()
+        if self._claimed is not None:
+            self.ctx.chain.client_ids.release(self._claimed, self, self._lifetime if self.connected else None)
         if self.connected and self.session is not None:
             self.ctx.chain.on_disconnect(self.session, reason)
         for cb in self.on_close:
@@ -191,9 +217,19 @@ class MqttConnection:
         if self.client_disconnected:
             self.close(reason)
             return
+        if self._taken_over_at and time.monotonic() - self._taken_over_at < TAKEOVER_WINDOW:
+            # mosquitto drops the older connection of a client id without a word (no DISCONNECT 0x8E).
+            logger.info("connection {}:{}: session taken over by a newer connection", *self.addr)
+            self.kick("session taken over by another connection", SESSION_TAKEN_OVER)
+            return
         self.ctx.metrics.errors.labels(self.ctx.name, "upstream_lost").inc()
         logger.info("connection {}:{}: {}", *self.addr, reason)
         self.kick(reason, disconnect_code(RefusalCode.SERVER_UNAVAILABLE))
+
+    def taken_over(self) -> None:
+        """A newer connection with this client id is going to the broker, which will drop this one's
+        session (``ClientIdBinding.claim``)."""
+        self._taken_over_at = time.monotonic()
 
     def set_keepalive(self, seconds: int) -> None:
         """Enforce the keepalive: a device silent for ``keepalive_factor`` x ``seconds`` is disconnected
@@ -217,7 +253,7 @@ class MqttConnection:
                     if buf[start] >> 4 != CONNECT:
                         raise ProtocolError("first packet is not CONNECT")
                     self.version = 5 if _connect_level(buf, body, end) == 5 else 4
-                    connect = codec.decode(buf[start], buf[body:end], 5)
+                    connect = codec.decode(buf[start], buf[body:end], 5, self.limits)
                     assert isinstance(connect, Connect)
                     return connect, buf[start:end], buf[end:]
         self.ctx.metrics.refusals.labels(self.ctx.name, "connect_timeout").inc()
@@ -242,12 +278,13 @@ class MqttConnection:
             self.refuse_connect(ConnackV3.UNACCEPTABLE_PROTOCOL_VERSION, str(exc), "malformed")
             return None
         except MqttError as exc:
+            metric = "elements" if isinstance(exc, TooManyElements) else "malformed"
             if self.version == 5:
-                self.refuse_connect(exc.reason_code, str(exc), "malformed")
+                self.refuse_connect(exc.reason_code, str(exc), metric)
             elif exc.reason_code == CLIENT_IDENTIFIER_NOT_VALID:
-                self.refuse_connect(ConnackV3.IDENTIFIER_REJECTED, str(exc), "malformed")  # MQTT-3.1.3-8
+                self.refuse_connect(ConnackV3.IDENTIFIER_REJECTED, str(exc), metric)  # MQTT-3.1.3-8
             else:
-                self.ctx.metrics.refusals.labels(self.ctx.name, "malformed").inc()
+                self.ctx.metrics.refusals.labels(self.ctx.name, metric).inc()
                 self.close(f"bad CONNECT: {exc}")
             return None
         except (OSError, ValueError) as exc:  # reset or closed before the CONNECT was whole: no answer
@@ -287,6 +324,7 @@ class MqttConnection:
                 connack_code(RefusalCode.NOT_AUTHORIZED, self.version), "will not authorized", "will"
             )
             return None
+        upstream_connect = connect  # what the broker will see (its client id is the one to bind)
         if decision.interceptors:
             new = self._intercept(connect, Direction.UP)
             if new is None:
@@ -297,6 +335,10 @@ class MqttConnection:
                 )
                 return None
             raw = codec.changed_bytes(raw, new, self.version) or raw
+            if isinstance(new, Connect):
+                upstream_connect = new
+        if not self._claim(upstream_connect, decision):
+            return None
         try:
             self.upstream = dial()
         except OSError as exc:
@@ -320,6 +362,33 @@ class MqttConnection:
             return None
         self.set_keepalive(connect.keepalive)
         return rest
+
+    def _claim(self, connect: Connect, grant: Grant) -> bool:
+        """Take the client id the broker will see in the gateway-wide binding (actors/client_ids.py), or
+        refuse the CONNECT: CONNACK 0x85 Client Identifier not valid (3.1.1: 2, identifier rejected) for
+        the bridge's reserved id and for an id bound to another identity. 0x85 rather than 0x87 Not
+        authorized: the credentials are fine, this client id is not for them; another one will do."""
+        assert self.session is not None
+        client_id = connect.client_id
+        refused = self.ctx.chain.client_ids.claim(
+            client_id, identity_of(self.session.username, self.session.identity), self, grant.take_client_id
+        )
+        if refused:
+            why = (
+                "the bridge's client id is reserved"
+                if refused == "reserved"
+                else "client id in use by another identity"
+            )
+            logger.info("refused CONNECT of {!r}: {}", self.session, why)
+            code = CLIENT_IDENTIFIER_NOT_VALID if self.version == 5 else ConnackV3.IDENTIFIER_REJECTED
+            self.refuse_connect(code, why, "client_id")
+            return False
+        if client_id:
+            expiry = next((v for p, v in connect.properties if p == SESSION_EXPIRY_INTERVAL), None)
+            v5 = connect.protocol_level == 5
+            self._lifetime = session_lifetime(v5, connect.clean_start, expiry)  # type: ignore[arg-type]
+            self._claimed = client_id
+        return True
 
     # ------------------------------------------------------------------------------------------ helpers
     def _intercept(self, packet: Any, direction: Direction) -> Any | None:

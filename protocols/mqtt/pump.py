@@ -7,7 +7,10 @@ it came. Dropped or rewritten packets switch to splicing (``_Splice``).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
+
+import gevent
 
 from ferryman.actors.contracts import Direction
 
@@ -30,6 +33,11 @@ CONNECT, CONNACK, PUBLISH, PUBREL, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, DIS
 NOT_AUTHORIZED = int(ReasonCode.NOT_AUTHORIZED)
 SERVER_KEEP_ALIVE = 19  # MQTT 5 properties
 TOPIC_ALIAS_MAXIMUM = 34
+# A chunk of many small packets that each take the slow path (SUBSCRIBEs, say) may hold thousands: the
+# loop lets the other greenlets run whenever it has worked this long (checked every SLICE_PACKETS packets),
+# so one connection's chunk costs the others at most a few milliseconds at a time.
+SLICE_SECONDS = 0.002
+SLICE_PACKETS = 16
 
 
 def packet_id_at(buf: bytes, pos: int, end: int) -> int:
@@ -44,7 +52,10 @@ PUBACK, PUBREC, PUBCOMP, PINGREQ, AUTH = 4, 5, 7, 12, 15
 def _check_control(conn: MqttConnection, buf: bytes, first: int, body: int, end: int) -> None:
     """Validate a packet the pump otherwise passes on unread, so a malformed one is answered by the proxy
     (MQTT 5: DISCONNECT 0x81/0x82) instead of reaching the broker. Cheap for the common forms (an ack that
-    is just a packet id, an empty PINGREQ or DISCONNECT); anything longer is decoded in full."""
+    is just a packet id, an empty PINGREQ or DISCONNECT); anything longer is decoded in full.
+
+    An acknowledgement of packet identifier 0 is the client's protocol error (MQTT 2.2.1: identifiers are
+    non-zero): the broker would drop the link and the client would hear "server busy" for its own fault."""
     ptype = first >> 4
     size = end - body
     if ptype == PINGREQ:
@@ -54,13 +65,18 @@ def _check_control(conn: MqttConnection, buf: bytes, first: int, body: int, end:
         if size != 2:
             if conn.version != 5 or size < 2:
                 raise MalformedPacket(f"acknowledgement of {size} bytes")
-            codec.decode(first, buf[body:end], 5)
+            codec.decode(first, buf[body:end], 5, conn.limits)  # refuses packet identifier 0 too
+        elif not (buf[body] | buf[body + 1]):
+            raise ProtocolError(f"{_NAMES[ptype]} with packet identifier 0")
     elif ptype == AUTH and not conn.enhanced_auth:
         raise ProtocolError("AUTH without an Authentication Method in the CONNECT (MQTT 5, 4.12)")
     elif ptype in (DISCONNECT, AUTH) and size:
         if conn.version != 5:
             raise MalformedPacket("DISCONNECT with a body")
-        codec.decode(first, buf[body:end], 5)
+        codec.decode(first, buf[body:end], 5, conn.limits)
+
+
+_NAMES = {PUBACK: "PUBACK", PUBREC: "PUBREC", PUBREL: "PUBREL", PUBCOMP: "PUBCOMP"}
 
 
 def _first_bytes(fixed: tuple[int, ...]) -> bytes:
@@ -175,8 +191,18 @@ def _settle_runs(
     return out
 
 
-def _decode(conn: MqttConnection, buf: bytes, start: int, body: int, end: int) -> Any:
-    return codec.decode(buf[start], buf[body:end], conn.version)
+def _decode(conn: MqttConnection, buf: bytes, start: int, body: int, end: int, up: bool = True) -> Any:
+    """A whole packet; a client's (``up``) within the listener's element caps."""
+    return codec.decode(buf[start], buf[body:end], conn.version, conn.limits if up else codec.NO_LIMITS)
+
+
+def _pause(deadline: float) -> float:
+    """Let the other greenlets run if this chunk's work has run past ``deadline``; the next deadline."""
+    now = time.perf_counter()
+    if now < deadline:
+        return deadline
+    gevent.sleep(0)
+    return time.perf_counter() + SLICE_SECONDS
 
 
 def _ack(conn: MqttConnection, qos: int, pid: int, code: int, local_rel: set[int]) -> bytes | None:
@@ -206,7 +232,14 @@ def process_up(
     cache = conn.allowed_up if plain else None
     last = frames[-1][2]
     packets = _settle_runs(buf, frames, counts, valid, pass_all, cache, v5) if runs else frames
-    for start, body, end in packets:  # type: ignore[misc]
+    limits = conn.limits
+    deadline = time.perf_counter() + SLICE_SECONDS
+    # Until the broker's CONNACK has gone to the device its answers are held back (``conn._early``, bounded):
+    # a chunk sent before it is judged in one go, so that bound applies to all of it.
+    sliced = conn._early is None
+    for n, (start, body, end) in enumerate(packets):  # type: ignore[misc]
+        if sliced and not n % SLICE_PACKETS:
+            deadline = _pause(deadline)
         first = buf[start]
         if not valid[first]:
             raise MalformedPacket(f"invalid packet type or flags 0x{first:02x} from the client")
@@ -217,7 +250,9 @@ def process_up(
                 continue
             if cache is not None and _known_topic(cache, buf, body, end, first, v5):
                 continue
-            topic, alias, poff, pid = publish_fields(buf, body, end, first, conn.version, from_client=True)
+            topic, alias, poff, pid = publish_fields(
+                buf, body, end, first, conn.version, from_client=True, limits=limits
+            )
             alias_only = not topic
             if alias is not None:
                 if conn.alias_max_up is not None and alias > conn.alias_max_up:
@@ -348,7 +383,7 @@ def _intercept_other(
     splice: _Splice | None,
     direction: Direction,
 ) -> _Splice | None:
-    new = conn._intercept(_decode(conn, buf, start, body, end), direction)
+    new = conn._intercept(_decode(conn, buf, start, body, end, direction is Direction.UP), direction)
     if new is None:
         splice = splice or _Splice()
         splice.put(buf, start, end)
@@ -375,7 +410,10 @@ def process_down(
     cache = conn.allowed_down if grant.deliver_by_topic and not grant.interceptors else None
     last = frames[-1][2]
     packets = _settle_runs(buf, frames, counts, valid, pass_all, cache, v5) if runs else frames
-    for start, body, end in packets:  # type: ignore[misc]
+    deadline = time.perf_counter() + SLICE_SECONDS
+    for n, (start, body, end) in enumerate(packets):  # type: ignore[misc]
+        if not n % SLICE_PACKETS:
+            deadline = _pause(deadline)
         first = buf[start]
         if not valid[first]:
             raise MalformedPacket(f"invalid packet type or flags 0x{first:02x} from the broker")
@@ -399,7 +437,7 @@ def process_down(
             qos = (first >> 1) & 3
             new: Any = None
             if grant.interceptors:
-                packet = _decode(conn, buf, start, body, end)
+                packet = _decode(conn, buf, start, body, end, up=False)
                 packet.topic = topic
                 new = conn._intercept(packet, Direction.DOWN)
                 if new is None:
@@ -423,7 +461,7 @@ def process_down(
                 continue
             if new is not None or (alias_only and alias in conn._unlearned_down):
                 if new is None:
-                    new = _decode(conn, buf, start, body, end)
+                    new = _decode(conn, buf, start, body, end, up=False)
                     new.topic = topic
                 conn._unlearned_down.discard(alias or 0)
                 splice = splice or _Splice()
@@ -433,7 +471,7 @@ def process_down(
         elif (ptype in (SUBACK, UNSUBACK)) and conn._pending_sub:
             plan = conn._pending_sub.pop((ptype, packet_id_at(buf, body, end)), None)
             if plan is not None:
-                ack = _decode(conn, buf, start, body, end)
+                ack = _decode(conn, buf, start, body, end, up=False)
                 refused, total, code = plan
                 theirs = iter(ack.reason_codes)
                 if ptype == SUBACK or v5:
@@ -452,7 +490,7 @@ def process_down(
             if code == 0:
                 conn.connected = True
                 if v5:  # the broker's limits for this session: keepalive and topic aliases
-                    props = _decode(conn, buf, start, body, end).properties
+                    props = _decode(conn, buf, start, body, end, up=False).properties
                     server_keepalive = next((v for p, v in props if p == SERVER_KEEP_ALIVE), None)
                     if server_keepalive is not None:
                         conn.set_keepalive(int(server_keepalive))
