@@ -19,7 +19,7 @@ from loguru import logger
 from ferryman.actors.contracts import Grant, Refusal, RefusalCode, Session
 from ferryman.actors.handler import HandlerActor
 
-from .passwords import hash_error, verify_password
+from .passwords import hash_error, hash_password, verify_password
 
 __all__ = ["StaticHandler", "expand_filters"]
 
@@ -48,6 +48,7 @@ class StaticHandler(HandlerActor):
         super().__init__(**kwargs)
         self.users: dict[str, Any] = {}
         self.by_identity: dict[str, Any] = {}
+        self._decoy = ""  # a hash as costly as the users' own: an unknown user takes as long as a known one
         self.live: dict[int, tuple[Session, Grant]] = {}
         self._load(self.settings)
 
@@ -71,6 +72,9 @@ class StaticHandler(HandlerActor):
         users = settings.auth.users if settings is not None else ()
         self.users = {u.username: u for u in users}
         self.by_identity = {u.identity: u for u in users if u.identity}
+        hashes = [u.password_hash for u in users if u.password_hash and not hash_error(u.password_hash)]
+        iterations = [int(h.split("$")[1]) for h in hashes]
+        self._decoy = hash_password(" decoy ", max(iterations)) if iterations else ""
 
     def _check(self, session: Session) -> Grant | Refusal:
         if session.password is None and session.identity is not None:
@@ -83,6 +87,9 @@ class StaticHandler(HandlerActor):
             return self._grant(user.username, session.client_id, user)
         user = self.users.get(session.username or "")
         if user is None or session.password is None:
+            if self._decoy and session.password is not None:
+                # The same PBKDF2 work as a wrong password: response times do not tell who exists.
+                verify_password(session.password, self._decoy)
             return Refusal(RefusalCode.NOT_AUTHORIZED, "unknown user or no password")
         if user.password_hash:
             ok = verify_password(session.password, user.password_hash)
