@@ -1,6 +1,6 @@
 """The "smartgrid" rule set: the chat commands and renderings of the Go xmpp-mqtt-gateway (Quobis, SCRATCH).
 
-Contract: /work/shared/smartgrid-rules.md. Commands (words separated by any whitespace; the keywords ``GET``,
+Contract: docs/smartgrid.md. Commands (words separated by any whitespace; the keywords ``GET``,
 ``devices``, ``values`` and ``from`` are matched case-insensitively, device and variable names exactly):
 
     GET devices           -> <root>listOfDevices

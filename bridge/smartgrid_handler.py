@@ -1,5 +1,5 @@
 """The "smartgrid" rule set as a second handler actor of the XMPP <-> MQTT bridge (``[bridge.smartgrid]``;
-present = enabled). Contract: /work/shared/smartgrid-rules.md; parsing and rendering: ``smartgrid.py``.
+present = enabled). Contract: docs/smartgrid.md; parsing and rendering: ``smartgrid.py``.
 
 Design: one owner per piece of state, and only tells (``defer``) between the two actors, so no ask cycle.
 
