@@ -8,7 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# Only what `pip install .` needs (.dockerignore keeps .venv, tests, certs, ... out of the context).
+# Only what `pip install .` needs (.dockerignore keeps .venv, tests, certs, ... out of the context). ferryman/'s
+# actors, config, protocols, bridge are relative symlinks (COPY keeps them) to the folders copied beside it.
 COPY pyproject.toml README.md ./
 COPY ferryman ferryman
 COPY config config
