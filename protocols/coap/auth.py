@@ -33,21 +33,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiocoap
 from aiocoap.numbers.codes import Code
 
+from ferryman.actors.asyncio_host import AsyncioHost
 from ferryman.actors.contracts import Grant, Refusal, RefusalCode, Session, next_session_id
+from ferryman.actors.handler import HandlerChain
+from ferryman.actors.metrics import Metrics
 
 from .codec import answer_room, fit
-
-if TYPE_CHECKING:
-    from .context import CoapContext
 
 __all__ = [
     "INVALID",
     "AuthCache",
+    "CoapListenerState",
     "Credentials",
     "Principal",
     "action_of",
@@ -63,6 +64,24 @@ __all__ = [
     "topic_of",
     "without_auth",
 ]
+
+
+class CoapListenerState(Protocol):
+    """What authentication and the observer book use of a listener's ``context.CoapContext`` (which has
+    this shape and builds both): a structural type, so this module need not import the context above it."""
+
+    settings: Any
+    chain: HandlerChain
+    metrics: Metrics
+    host: AsyncioHost
+    auth: AuthCache
+    stopping: bool
+
+    @property
+    def name(self) -> str: ...
+    def log(self, level: str, message: str, *args: Any) -> None: ...
+    def count_refusal(self, what: str) -> None: ...
+
 
 AUTH_KEY = "auth"
 
@@ -218,7 +237,7 @@ class CoapSessionControl:
 
 @dataclass(eq=False)
 class Entry:
-    ctx: CoapContext = field(repr=False)
+    ctx: CoapListenerState = field(repr=False)
     key: tuple[tuple[str, int], Credentials]
     session: Session
     decision: Grant | Refusal
@@ -265,7 +284,7 @@ class Principal:
 class AuthCache:
     """(peer, credentials) -> the chain's decision. Used only from the asyncio thread."""
 
-    def __init__(self, ctx: CoapContext, ttl: float = 60.0, max_entries: int = 4096) -> None:
+    def __init__(self, ctx: CoapListenerState, ttl: float = 60.0, max_entries: int = 4096) -> None:
         self.ctx = ctx
         self.ttl = ttl
         self.max_entries = max_entries
@@ -383,7 +402,7 @@ class AuthCache:
 # -- the API for resources -------------------------------------------------------------------------------
 
 
-async def authenticate(ctx: CoapContext, request: aiocoap.Message) -> Principal | aiocoap.Message:
+async def authenticate(ctx: CoapListenerState, request: aiocoap.Message) -> Principal | aiocoap.Message:
     """The requester, or the refusal to answer with (4.01 no / unusable / refused credentials, 4.29
     quota, 5.03 handler unavailable or the listener stopping)."""
     if ctx.stopping:
@@ -460,7 +479,7 @@ def shrink(message: aiocoap.Message, request: aiocoap.Message) -> None:
 
 
 def check(
-    ctx: CoapContext, principal: Principal, action: str, topic: str, payload: bytes = b""
+    ctx: CoapListenerState, principal: Principal, action: str, topic: str, payload: bytes = b""
 ) -> aiocoap.Message | None:
     """:func:`authorize` without the coroutine (the checks are inline grant methods, free of I/O)."""
     grant = principal.grant
@@ -490,14 +509,14 @@ def check(
 
 
 async def authorize(
-    ctx: CoapContext, principal: Principal, action: str, topic: str, payload: bytes = b""
+    ctx: CoapListenerState, principal: Principal, action: str, topic: str, payload: bytes = b""
 ) -> aiocoap.Message | None:
     """None when ``principal`` may do ``action`` on ``topic`` (``on_publish`` / ``on_subscribe`` are
     told), else the 4.03 (4.01 once revoked) to answer with."""
     return check(ctx, principal, action, topic, payload)
 
 
-def notify_unsubscribe(ctx: CoapContext, principal: Principal, topic_filter: str) -> None:
+def notify_unsubscribe(ctx: CoapListenerState, principal: Principal, topic_filter: str) -> None:
     """An observation ended (deregistered, no longer acknowledged, or the listener stopped)."""
     if ctx.chain.wants_unsubscribe:
         ctx.host.to_hub(ctx.chain.on_unsubscribe, principal.session, [topic_filter])

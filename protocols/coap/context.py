@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loguru import logger
 
@@ -14,11 +14,9 @@ from ferryman.actors.asyncio_host import AsyncioHost
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 
+from .auth import AuthCache
 from .codec import FastPath
-
-if TYPE_CHECKING:
-    from .auth import AuthCache
-    from .observers import ObserverBook
+from .observers import ObserverBook
 
 __all__ = ["CoapContext"]
 
@@ -47,9 +45,6 @@ class CoapContext:
     _mid: int = field(default_factory=lambda: int.from_bytes(os.urandom(2), "big"), repr=False)
 
     def __post_init__(self) -> None:
-        from .auth import AuthCache
-        from .observers import ObserverBook
-
         self.auth = AuthCache(self)
         self.observers = ObserverBook(self)
 

@@ -14,8 +14,8 @@ every Uri-Path and Uri-Query value valid UTF-8 (aiocoap drops the others); paylo
 the bridge's MQTT session attached.
 
 **Answers** are the slow path's (mqtt_site.py), status codes, diagnostic payloads, refusal counts and
-handler notifications included (the same functions do the work: ``auth.check``, ``_topic_problem``,
-``_query_options``): a CON request is answered by a piggybacked ACK (its message id and token), a NON one
+handler notifications included (the same functions do the work: ``auth.check``, ``topic_problem``,
+``query_options``): a CON request is answered by a piggybacked ACK (its message id and token), a NON one
 by a NON response with the token and a fresh message id (this module's own counter, from a random start).
 The answer is always piggybacked, however long the publish takes (at most ``connect_timeout``, then 5.03):
 the client's retransmissions meanwhile are absorbed by the deduplication below, and the answer reaches it
@@ -37,13 +37,14 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import aiocoap
 from aiocoap.numbers.codes import Code
 
 from ferryman.actors.contracts import Grant
+from ferryman.actors.topics import validate_topic_filter, validate_topic_name
 
 from .auth import (
     INVALID,
@@ -68,11 +69,31 @@ from .codec import (
     fit,
     parse,
 )
+from .context import CoapContext
+from .publish import MqttPort
+from .pump import PublishPump
 
-if TYPE_CHECKING:
-    from .mqtt_site import PublishSite
+__all__ = [
+    "DEDUP_MAX",
+    "EXCHANGE_LIFETIME",
+    "MAX_PAYLOAD",
+    "NON_LIFETIME",
+    "Dedup",
+    "FastPublish",
+    "PublishTarget",
+    "query_options",
+    "topic_problem",
+]
 
-__all__ = ["DEDUP_MAX", "EXCHANGE_LIFETIME", "MAX_PAYLOAD", "NON_LIFETIME", "Dedup", "FastPublish"]
+
+class PublishTarget(Protocol):
+    """What the fast path uses of its ``mqtt_site.PublishSite`` (a structural type: the site builds the fast
+    path, so this module does not import it). ``port`` is None until the bridge's MQTT session attaches."""
+
+    ctx: CoapContext
+    port: MqttPort | None
+    pump: PublishPump
+
 
 #: Larger payloads go to aiocoap (block-wise clients send at most 1024-byte blocks anyway).
 MAX_PAYLOAD = 1024
@@ -137,13 +158,9 @@ class Dedup:
 class FastPublish:
     """``codec.FastPath`` of a :class:`PublishSite` (called in the asyncio thread, per datagram)."""
 
-    def __init__(self, site: PublishSite) -> None:
+    def __init__(self, site: PublishTarget) -> None:
         self.site = site
         self.ctx = site.ctx
-        from .mqtt_site import _query_options, _topic_problem  # mqtt_site imports this module
-
-        self._topic_problem = _topic_problem
-        self._query_options = _query_options
         self.dedup = Dedup()
         self.max_payload = min(MAX_PAYLOAD, int(site.ctx.settings.max_packet_size))
         self._mid = int.from_bytes(os.urandom(2), "big")
@@ -253,11 +270,11 @@ class FastPublish:
             return
         path, queries, payload = request
         topic = "/".join(path)
-        problem = self._topic_problem(topic, wildcards=False)
+        problem = topic_problem(topic, wildcards=False)
         if problem:
             _refuse(answer, refusal_message(Code.BAD_REQUEST, problem))
             return
-        options = self._query_options(queries, ctx.settings.publish_qos)
+        options = query_options(queries, ctx.settings.publish_qos)
         if isinstance(options, aiocoap.Message):
             _refuse(answer, options)
             return
@@ -285,3 +302,35 @@ class FastPublish:
 
 def _refuse(answer: Callable[..., None], message: aiocoap.Message, unauthenticated: bool = False) -> None:
     answer(int(message.code), bytes(message.payload), unauthenticated)
+
+
+def topic_problem(topic: str, wildcards: bool) -> str | None:
+    """Why the path may not be published to (or observed) on the broker: the bridge's one rule
+    (``validate_topic_name`` / ``validate_topic_filter``), answered 4.00 here rather than failing later."""
+    if not topic:
+        return "no topic: the path is the topic"
+    if wildcards:
+        problem = validate_topic_filter(topic)
+        return f"bad topic filter: {problem}" if problem else None
+    problem = validate_topic_name(topic)
+    return f"bad topic: {problem}" if problem else None
+
+
+def query_options(queries: Iterable[str], default_qos: int) -> tuple[int, bool] | aiocoap.Message:
+    """(qos, retain) from the Uri-Query values, or the 4.00 to answer."""
+    qos, retain = default_qos, False
+    for query in queries:
+        key, _, value = query.partition("=")
+        if key == "qos":
+            if value not in ("0", "1", "2"):
+                return refusal_message(Code.BAD_REQUEST, "qos must be 0, 1 or 2")
+            qos = int(value)
+        elif key == "retain":
+            flag = _FLAGS.get(value.lower())
+            if flag is None:
+                return refusal_message(Code.BAD_REQUEST, "retain must be 0 or 1")
+            retain = flag
+    return qos, retain
+
+
+_FLAGS = {"0": False, "false": False, "no": False, "1": True, "true": True, "yes": True, "": True}

@@ -20,7 +20,7 @@ on the asyncio loop; the MQTT session is reached in the hub (``AsyncioHost.in_hu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiocoap
@@ -31,11 +31,10 @@ from aiocoap.pipe import Pipe
 from aiocoap.resource import PathCapable, Resource
 
 from ferryman.actors.contracts import Refusal
-from ferryman.actors.topics import validate_topic_filter, validate_topic_name
 
 from .auth import Principal, authenticate, check, notify_unsubscribe, refusal_message, remote_of, topic_of
 from .context import CoapContext
-from .fast_publish import FastPublish
+from .fast_publish import FastPublish, query_options, topic_problem
 from .observers import again_as_con, feed_block1, notify
 from .publish import MqttPort
 from .pump import PublishPump
@@ -109,7 +108,7 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
         if not isinstance(who, Principal):
             return who
         topic = topic_of(request)
-        problem = _topic_problem(topic, wildcards=False)
+        problem = topic_problem(topic, wildcards=False)
         if problem:
             return refusal_message(Code.BAD_REQUEST, problem)
         block1 = request.opt.block1
@@ -127,7 +126,7 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
             return refusal_message(
                 Code.REQUEST_ENTITY_TOO_LARGE, f"over {ctx.settings.max_packet_size} bytes"
             )
-        options = _query_options(request.opt.uri_query, ctx.settings.publish_qos)
+        options = query_options(request.opt.uri_query, ctx.settings.publish_qos)
         if isinstance(options, aiocoap.Message):
             return options
         qos, retain = options
@@ -165,7 +164,7 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
             pipe.add_response(who, is_last=True)
             return
         topic_filter = topic_of(request)
-        problem = _topic_problem(topic_filter, wildcards=True)
+        problem = topic_problem(topic_filter, wildcards=True)
         if problem:
             pipe.add_response(refusal_message(Code.BAD_REQUEST, problem), is_last=True)
             return
@@ -298,35 +297,3 @@ class Observation:
                 ctx.host.to_hub(self.port.unsubscribe, key)
             notify_unsubscribe(ctx, self.who, self.topic_filter)
             ctx.log("DEBUG", "listener {!r}: observation of {} ended", ctx.name, self.topic_filter)
-
-
-def _topic_problem(topic: str, wildcards: bool) -> str | None:
-    """Why the path may not be published to (or observed) on the broker: the bridge's one rule
-    (``validate_topic_name`` / ``validate_topic_filter``), answered 4.00 here rather than failing later."""
-    if not topic:
-        return "no topic: the path is the topic"
-    if wildcards:
-        problem = validate_topic_filter(topic)
-        return f"bad topic filter: {problem}" if problem else None
-    problem = validate_topic_name(topic)
-    return f"bad topic: {problem}" if problem else None
-
-
-def _query_options(queries: Iterable[str], default_qos: int) -> tuple[int, bool] | aiocoap.Message:
-    """(qos, retain) from the Uri-Query values, or the 4.00 to answer."""
-    qos, retain = default_qos, False
-    for query in queries:
-        key, _, value = query.partition("=")
-        if key == "qos":
-            if value not in ("0", "1", "2"):
-                return refusal_message(Code.BAD_REQUEST, "qos must be 0, 1 or 2")
-            qos = int(value)
-        elif key == "retain":
-            flag = _FLAGS.get(value.lower())
-            if flag is None:
-                return refusal_message(Code.BAD_REQUEST, "retain must be 0 or 1")
-            retain = flag
-    return qos, retain
-
-
-_FLAGS = {"0": False, "false": False, "no": False, "1": True, "true": True, "yes": True, "": True}

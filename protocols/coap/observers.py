@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiocoap
 from aiocoap.blockwise import Block1Spool, IncompleteException
 from aiocoap.numbers.codes import Code
 
-from .auth import refusal_message
-
-if TYPE_CHECKING:
-    from .context import CoapContext
+from .auth import CoapListenerState, refusal_message
 
 __all__ = ["ObserverBook", "again_as_con", "feed_block1", "notify", "pipe_ended"]
 
@@ -38,7 +35,7 @@ FULL_RETRY = 60
 class ObserverBook:
     """How many observations each peer holds, and all together (asyncio thread)."""
 
-    def __init__(self, ctx: CoapContext) -> None:
+    def __init__(self, ctx: CoapListenerState) -> None:
         self.ctx = ctx
         settings = ctx.settings
         self.max_total = int(getattr(settings, "max_observations", 4096))
@@ -84,7 +81,7 @@ def again_as_con(last: aiocoap.Message) -> aiocoap.Message:
     return again
 
 
-def _gauge(ctx: CoapContext, book: ObserverBook) -> None:
+def _gauge(ctx: CoapListenerState, book: ObserverBook) -> None:
     """``ferryman_coap_observations{listener}``, read at scrape time (in the hub: prometheus-client's
     locks are gevent's)."""
     gauge: Any = getattr(ctx.metrics, "coap_observations", None)

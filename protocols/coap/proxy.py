@@ -58,7 +58,7 @@ def build_site(ctx: CoapContext) -> ProxySite:
     requests (``proxy_fast.py``), which takes them before aiocoap sees them."""
     site = ProxySite(ctx)
     if fast_path_enabled(ctx):
-        site.fast = FastProxy(ctx, site)
+        site.fast = FastProxy(ctx)
         ctx.fast_path = site.fast
     return site
 

@@ -48,7 +48,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiocoap
 from aiocoap import error as coap_error
@@ -86,9 +86,6 @@ from .codec import (
 )
 from .context import CoapContext
 from .proxy_upstream import relayed_response
-
-if TYPE_CHECKING:
-    from .proxy import ProxySite
 
 __all__ = ["SLOW_ENV", "FastProxy", "block_key", "fast_path_enabled"]
 
@@ -236,9 +233,8 @@ class _Sessions:
 class FastProxy:
     """``ctx.fast_path`` of a proxy-mode listener (asyncio thread only)."""
 
-    def __init__(self, ctx: CoapContext, site: ProxySite) -> None:
+    def __init__(self, ctx: CoapContext) -> None:
         self.ctx = ctx
-        self.site = site
         target = ctx.settings.parsed_target
         self.target = (str(target.host).strip("[]"), int(target.port))
         self.prefix = [(URI_PATH, p.encode()) for p in str(target.path).split("/") if p]

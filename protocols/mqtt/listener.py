@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import gevent
@@ -27,7 +25,8 @@ from ferryman.protocols.accept import ExhaustionBackoff
 from ferryman.protocols.tls import client as tls_client
 from ferryman.protocols.tls.server import NO_PEER, PeerCertificate, TlsRefused, TlsTerminator
 
-from .proxy import MqttConnection, Stream
+from .context import Dialer, ListenerContext, Stream
+from .proxy import MqttConnection
 from .refusals import connack_code
 from .session import MqttClientSession, MqttUpstreamSession
 
@@ -39,9 +38,6 @@ __all__ = [
     "MqttServing",
     "socket_dialer",
 ]
-
-#: Opens the upstream within a timeout (seconds); raises OSError when it cannot.
-Dialer = Callable[[float], Stream]
 
 
 def socket_dialer(host: str, port: int, tls: ssl.SSLContext | None, server_name: str = "") -> Dialer:
@@ -59,24 +55,6 @@ class AcceptServer(ExhaustionBackoff, StreamServer):  # type: ignore[misc]  # ge
     def __init__(self, listener: Any, handle: Any, name: str = "") -> None:
         super().__init__(listener, handle)
         self.label = name
-
-
-@dataclass
-class ListenerContext:
-    """What every connection of one listener shares."""
-
-    name: str
-    settings: Any  # ferryman.config.ListenerSettings
-    chain: HandlerChain
-    metrics: Metrics
-    target_host: str
-    target_port: int
-    dial: Dialer
-    protocol: str = "mqtt"  # Session.protocol
-
-    @property
-    def target_label(self) -> str:
-        return f"{self.target_host}:{self.target_port}"
 
 
 class MqttServing(pykka.ThreadingActor):

@@ -12,7 +12,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import gevent
 from gevent.lock import Semaphore
@@ -35,6 +35,7 @@ from . import codec, pump
 from .coalesce import ReadCoalescer
 from .codec import Limits
 from .constants import ConnackV3, ReasonCode
+from .context import ListenerContext, Stream
 from .errors import (
     MessageRateTooHigh,
     MqttError,
@@ -46,9 +47,6 @@ from .framing import Frame, Framer, Run
 from .limits import RateLimiter
 from .packets import Connack, Connect, Disconnect
 from .refusals import connack_code, disconnect_code, metric_reason
-
-if TYPE_CHECKING:
-    from .listener import ListenerContext
 
 __all__ = ["MqttConnection", "Stream"]
 
@@ -70,18 +68,6 @@ MAX_EARLY_REPLIES = 1000  # answers held back until the broker's CONNACK (bounds
 # Seconds after a newer connection with the same client id went to the broker within which the broker
 # dropping this one is its session takeover (0x8E to an MQTT 5 device), not an outage (0x89).
 TAKEOVER_WINDOW = 30.0
-
-
-class Stream(Protocol):
-    """What the pumps need of either side: a socket, or an adapter carrying the bytes in another framing
-    (MQTT over WebSocket). ``recv`` returns b"" at the end and raises OSError (TimeoutError after
-    ``settimeout``) like a socket; ``shutdown`` ends the other pump's blocking ``recv``."""
-
-    def recv(self, bufsize: int, /) -> bytes: ...
-    def sendall(self, data: bytes, /) -> None: ...
-    def settimeout(self, value: float | None, /) -> None: ...
-    def shutdown(self, how: int, /) -> None: ...
-    def close(self) -> None: ...
 
 
 class MqttConnection:

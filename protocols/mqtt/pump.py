@@ -8,24 +8,51 @@ it came. Dropped or rewritten packets switch to splicing (``_Splice``).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gevent
 
-from ferryman.actors.contracts import Direction
+from ferryman.actors.contracts import Direction, Grant, Session
 
 from . import codec
-from .codec import publish_fields
+from .codec import Limits, publish_fields
 from .constants import ReasonCode
+from .context import ListenerContext
 from .errors import MalformedPacket, ProtocolError
 from .framing import Frame, Run
 from .packets import Puback, Pubcomp, Publish, Pubrec, Suback, Unsuback
 from .runs import same_known_topic
 
-if TYPE_CHECKING:
-    from .proxy import MqttConnection
+__all__ = ["Connection", "process_down", "process_up"]
 
-__all__ = ["process_down", "process_up"]
+
+class Connection(Protocol):
+    """What the pumps read and change of one connection (``proxy.MqttConnection`` has this shape): a
+    structural type, so this module need not import the proxy that calls it."""
+
+    ctx: ListenerContext
+    session: Session | None
+    grant: Grant
+    limits: Limits
+    version: int
+    connected: bool
+    client_disconnected: bool
+    enhanced_auth: bool
+    alias_max_up: int | None
+    allowed_up: set[bytes]
+    allowed_down: set[bytes]
+    _alias_up: dict[int, str]
+    _alias_down: dict[int, str]
+    _unlearned_up: set[int]
+    _unlearned_down: set[int]
+    _local_rel_up: set[int]
+    _local_rel_down: set[int]
+    _pending_sub: dict[tuple[int, int], tuple[list[int], int, int]]
+    _early: list[bytes] | None
+
+    def set_keepalive(self, seconds: int) -> None: ...
+    def _intercept(self, packet: Any, direction: Direction) -> Any | None: ...
+
 
 CONNECT, CONNACK, PUBLISH, PUBREL, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, DISCONNECT = (
     1, 2, 3, 6, 8, 9, 10, 11, 14,
@@ -49,7 +76,7 @@ def packet_id_at(buf: bytes, pos: int, end: int) -> int:
 PUBACK, PUBREC, PUBCOMP, PINGREQ, AUTH = 4, 5, 7, 12, 15
 
 
-def _check_control(conn: MqttConnection, buf: bytes, first: int, body: int, end: int) -> None:
+def _check_control(conn: Connection, buf: bytes, first: int, body: int, end: int) -> None:
     """Validate a packet the pump otherwise passes on unread, so a malformed one is answered by the proxy
     (MQTT 5: DISCONNECT 0x81/0x82) instead of reaching the broker. Cheap for the common forms (an ack that
     is just a packet id, an empty PINGREQ or DISCONNECT); anything longer is decoded in full.
@@ -191,7 +218,7 @@ def _settle_runs(
     return out
 
 
-def _decode(conn: MqttConnection, buf: bytes, start: int, body: int, end: int, up: bool = True) -> Any:
+def _decode(conn: Connection, buf: bytes, start: int, body: int, end: int, up: bool = True) -> Any:
     """A whole packet; a client's (``up``) within the listener's element caps."""
     return codec.decode(buf[start], buf[body:end], conn.version, conn.limits if up else codec.NO_LIMITS)
 
@@ -205,7 +232,7 @@ def _pause(deadline: float) -> float:
     return time.perf_counter() + SLICE_SECONDS
 
 
-def _ack(conn: MqttConnection, qos: int, pid: int, code: int, local_rel: set[int]) -> bytes | None:
+def _ack(conn: Connection, qos: int, pid: int, code: int, local_rel: set[int]) -> bytes | None:
     """The acknowledgement the proxy gives in place of the far side for a PUBLISH it did not pass on."""
     if qos == 1:
         return codec.encode(Puback(pid, code), conn.version)
@@ -217,7 +244,7 @@ def _ack(conn: MqttConnection, qos: int, pid: int, code: int, local_rel: set[int
 
 
 def process_up(
-    conn: MqttConnection, buf: bytes, frames: list[Frame | Run], counts: list[int], runs: int = 0
+    conn: Connection, buf: bytes, frames: list[Frame | Run], counts: list[int], runs: int = 0
 ) -> tuple[bytes, list[bytes]]:
     """Device -> broker. Returns (bytes for the broker, replies for the device). ``runs``: how many of
     ``frames`` are runs (``Framer.feed_runs``)."""
@@ -319,7 +346,7 @@ def process_up(
 
 
 def _filters(
-    conn: MqttConnection,
+    conn: Connection,
     buf: bytes,
     start: int,
     body: int,
@@ -375,7 +402,7 @@ def _filters(
 
 
 def _intercept_other(
-    conn: MqttConnection,
+    conn: Connection,
     buf: bytes,
     start: int,
     body: int,
@@ -396,7 +423,7 @@ def _intercept_other(
 
 
 def process_down(
-    conn: MqttConnection, buf: bytes, frames: list[Frame | Run], counts: list[int], runs: int = 0
+    conn: Connection, buf: bytes, frames: list[Frame | Run], counts: list[int], runs: int = 0
 ) -> tuple[bytes, list[bytes], str]:
     """Broker -> device. Returns (bytes for the device, replies for the broker, a close reason or "").
     ``runs`` as for ``process_up``."""
