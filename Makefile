@@ -1,5 +1,6 @@
 # The two commands of the README: `make run` and `make test`. Both install what is missing first.
-.PHONY: setup run test bench lint
+# `make unit` is the fast loop: the unit tests only (tests/unit: no mosquitto, prosody or gateway process).
+.PHONY: setup run test unit bench lint
 
 setup:
 	bash scripts/setup.sh
@@ -9,6 +10,9 @@ run: setup
 
 test: setup
 	bash scripts/test.sh
+
+unit: setup
+	bash scripts/test.sh unit
 
 bench: setup
 	.venv/bin/python bench/mqtt_throughput.py

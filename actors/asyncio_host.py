@@ -6,7 +6,7 @@ The two worlds cross over only with ``loop.call_soon_threadsafe`` (greenlet -> a
 ``hub.loop.run_callback_threadsafe`` (asyncio -> hub); nothing here touches a gevent object of the hub
 from the asyncio thread.
 
-What the monkey-patching would otherwise break, and how the host avoids it (tests/test_asyncio_host.py):
+What the monkey-patching would otherwise break, and how the host avoids it (tests/unit/test_asyncio_host.py):
 
 - ``selectors.DefaultSelector`` is gevent's ``GeventSelector`` and ``select.epoll`` is gone. The loop is
   built on the original ``selectors.EpollSelector`` (``monkey.get_original``), which wraps the original

@@ -3,7 +3,6 @@ from gevent import monkey
 monkey.patch_all()  # first statement: the test process runs pykka and paho on gevent like the gateway does
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,14 +11,6 @@ import pytest
 from tests.servers import GatewayProcess, Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    for tool in ("mosquitto", "mosquitto_pub", "mosquitto_sub", "prosody", "prosodyctl"):
-        if shutil.which(tool) is None:
-            raise pytest.UsageError(
-                f"{tool} is not installed: run `make test` (scripts/setup.sh installs it)"
-            )
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Fuzzing engine, codec side: raw packet builders, mutations, random valid packets and the codec
-harness (``run_codec``). Used by tests/test_fuzz_codec.py and bench/fuzz.py."""
+harness (``run_codec``). Used by tests/unit/test_fuzz_codec.py and bench/fuzz.py."""
 
 from __future__ import annotations
 

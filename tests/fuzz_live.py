@@ -1,5 +1,6 @@
 """Fuzzing engine, live side: exchanges with a running gateway, the targeted adversarial cases, the
-oracle that predicts the right answer, and the storm. Used by tests/test_fuzz_live.py and bench/fuzz.py."""
+oracle that predicts the right answer, and the storm.
+Used by tests/integration/test_fuzz_live.py and bench/fuzz.py."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ through them in Python costs about a microsecond each; seen as the rows of a mat
 ``numpy`` over the read buffer, no copy) they are checked, unmasked and stripped in a few vector operations.
 
 Everything here is a fast path beside an exact slow one: a helper that cannot decide says so (returns 0,
-None or False) and the caller steps packet by packet as before. ``tests/test_runs.py`` checks each helper
+None or False) and the caller steps packet by packet as before. ``tests/unit/test_runs.py`` checks each helper
 against the step-by-step result on random streams.
 """
 

@@ -1,4 +1,4 @@
-"""Fuzzing the mqtt-ws listener's frame layer, live (like tests/test_fuzz_live.py for MQTT): targeted
+"""Fuzzing the mqtt-ws listener's frame layer, live (like test_fuzz_live.py for MQTT): targeted
 adversarial frame streams (bad opcodes, RSV bits, unmasked client frames, fragmented or oversized control
 frames, 64-bit lengths with the top bit set, huge declared lengths, interleaved fragments, ping floods,
 close frames with invalid codes or reasons), each answered with the close code RFC 6455 gives, then a storm

@@ -1,4 +1,4 @@
-"""Fuzzing, http listener (the CI slice, like tests/test_fuzz_live.py for MQTT): a table of adversarial
+"""Fuzzing, http listener (the CI slice, like test_fuzz_live.py for MQTT): a table of adversarial
 request streams against the reverse proxy (smuggling CL.TE / TE.CL / TE.TE, bad chunk sizes, chunk
 extensions and trailers, huge and many headers, NULs, bare CR / LF, invalid methods, absolute-form targets,
 HTTP/0.9, the HTTP/2 preface) and random mutations of a valid request, while a well-behaved keep-alive

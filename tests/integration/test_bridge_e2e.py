@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from ferryman.actors.asyncio_host import AsyncioHost
+from tests.integration.test_prosody import USERS, Client
 from tests.prosody import Prosody
 from tests.servers import GatewayProcess, Mosquitto
-from tests.test_prosody import USERS, Client
 
 LIMIT = 15.0  # safety limits only
 

@@ -55,7 +55,7 @@ from tests.fuzz_codec import (
     subscribe_raw,
     varint,
 )
-from tests.test_codec_strategies import packets
+from tests.unit.test_codec_strategies import packets
 
 # ====================================================================================== codec tests
 

@@ -232,10 +232,18 @@ def test_a_retransmission_is_published_once(client: Client, broker: Mosquitto) -
     sub = Subscriber(broker.port, "fast/dup/#", count=3).start()
     first = request(CON, 0x2001, b"c1", "fast/dup/con", ["auth=dev1:pw1", "qos=1"], payload=b"con")
     client.s.send(first)
-    client.s.send(first)  # while the first is in progress: ignored
+    client.s.send(first)
     answer = client.recv()
     assert (answer.mtype, answer.code, answer.mid, answer.token) == (ACK, 0x44, 0x2001, b"c1")
-    assert client.nothing()  # one answer for the two
+    # The copy lands while the first is in progress (ignored) or, on a busy machine, after its answer
+    # (answered again from the cache, RFC 7252 4.5): one answer or two equal ones, and one publish.
+    client.s.settimeout(0.5)
+    try:
+        extra: Datagram | None = parse(client.s.recv(2048))
+    except TimeoutError:
+        extra = None
+    assert extra is None or extra == answer
+    assert client.nothing()
     again = client.exchange(first)  # after the answer: the same answer again, nothing published
     assert again == answer
     non = request(NON, 0x2002, b"n1", "fast/dup/non", ["auth=dev1:pw1", "qos=1"], payload=b"non")

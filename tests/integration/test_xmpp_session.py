@@ -19,8 +19,8 @@ from ferryman.actors.router import Router
 from ferryman.config.schema import BridgeXmppSettings
 from ferryman.protocols.xmpp import XmppSession
 from ferryman.protocols.xmpp.session import KIND_CHAT, parse_server
+from tests.integration.test_prosody import STEP, USERS, Client
 from tests.prosody import Prosody
-from tests.test_prosody import STEP, USERS, Client
 
 LIMIT = 15.0  # safety limits, never measured durations
 BOT = ("gwbot", "gwbot-pw")

@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 
 from ferryman.actors.asyncio_host import AsyncioHost
-from tests.prosody import Prosody
-from tests.servers import GatewayProcess, Mosquitto
-from tests.test_bridge_e2e import (  # noqa: F401  (xmpp is a fixture)
+from tests.integration.test_bridge_e2e import (  # noqa: F401  (xmpp is a fixture)
     CONFIG,
     LIMIT,
     login,
@@ -23,7 +21,9 @@ from tests.test_bridge_e2e import (  # noqa: F401  (xmpp is a fixture)
     until_answered,
     xmpp,
 )
-from tests.test_prosody import Client
+from tests.integration.test_prosody import Client
+from tests.prosody import Prosody
+from tests.servers import GatewayProcess, Mosquitto
 
 SMARTGRID = """
 [bridge.smartgrid]

@@ -29,10 +29,10 @@ import pytest
 from ferryman.actors.asyncio_host import AsyncioHost
 from ferryman.protocols.mqtt.client import MqttClientActor
 from tests.http_support import Reply, Subscriber, curl
+from tests.integration.test_bridge_e2e import login, reply, say, until_answered
+from tests.integration.test_prosody import USERS
 from tests.prosody import Prosody
 from tests.servers import GatewayProcess, Mosquitto, free_port
-from tests.test_bridge_e2e import login, reply, say, until_answered
-from tests.test_prosody import USERS
 
 TIMEOUT = 10.0
 

@@ -1,4 +1,4 @@
-"""Fuzzing the CoAP listener live (issue 11), like tests/test_fuzz_live.py does MQTT: adversarial datagrams
+"""Fuzzing the CoAP listener live (issue 11), like test_fuzz_live.py does MQTT: adversarial datagrams
 (bad versions, token lengths 9-15, option nibble 15, extended deltas that overflow, hundreds of options,
 repeated one-time critical options, unknown critical options, a payload marker without payload, malformed
 Block options, random mutations of a valid request) from many source ports, against a CoAP -> MQTT

@@ -1,35 +1,29 @@
-"""Issue 11, MQTT: the pieces behind tests/test_mqtt_hardening.py in isolation (element caps in the codec,
-the client id binding), and the handler's override of the binding on a gateway run as a library."""
+"""Issue 11, MQTT: the pieces behind tests/integration/test_mqtt_hardening.py in isolation (element caps in
+the codec, the client id binding). The handler's override of the binding, on a gateway and mosquitto, is in
+tests/integration/test_client_id_takeover.py."""
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ferryman import Gateway, Grant, HandlerActor, Refusal, RefusalCode, Session
+from ferryman import Grant
 from ferryman.actors.client_ids import ClientIdBinding, identity_of, session_lifetime
 from ferryman.actors.contracts import CombinedGrant
-from ferryman.config import load_settings
 from ferryman.protocols.mqtt import codec
 from ferryman.protocols.mqtt.errors import TooManyElements
 from ferryman.protocols.mqtt.packets import (
     Connect,
     Disconnect,
-    Pingreq,
-    Pingresp,
     Publish,
     Subscribe,
     Subscription,
     Unsubscribe,
     Will,
 )
-from ferryman.wiring import HANDLERS, LISTENERS
-from tests.rawclient import RawClient
-from tests.servers import Mosquitto, free_port, uid
 
 USER = 0x26
 SUBSCRIPTION_ID = 0x0B
@@ -209,47 +203,3 @@ def test_combined_grant_takes_client_ids_only_when_every_part_does() -> None:
     assert CombinedGrant([yes, yes]).take_client_id
     assert not CombinedGrant([yes, no]).take_client_id
     assert not Grant().take_client_id
-
-
-# -------------------------------------------------------------- the handler's override, as a library
-class Operators(HandlerActor):
-    """Grants everything; user "ops" may take any client id (e.g. to evict a misbehaving device)."""
-
-    def auth_connect(self, session: Session) -> Grant | Refusal:
-        if session.username not in ("dev1", "dev2", "ops"):
-            return Refusal(RefusalCode.NOT_AUTHORIZED)
-        return Grant(["#"], ["#"], take_client_id=session.username == "ops")
-
-
-def test_a_handler_grant_may_take_a_bound_client_id(broker: Mosquitto, tmp_path: Path) -> None:
-    port = free_port()
-    cfg = tmp_path / "ops.toml"
-    cfg.write_text(
-        f"""
-[metrics]
-address = ""
-[[listener]]
-name = "mqtt"
-protocol = "mqtt"
-address = "127.0.0.1:{port}"
-target = "tcp://127.0.0.1:{broker.port}"
-[auth]
-handler = "operators"
-"""
-    )
-    gw = Gateway(load_settings(cfg), LISTENERS, {**HANDLERS, "operators": Operators})
-    gw.start()
-    try:
-        cid = f"dev1-{uid()}"
-        dev1 = RawClient(port, 5)
-        assert dev1.connect(cid, "dev1").reason_code == 0
-        assert RawClient(port, 5).connect(cid, "dev2").reason_code == 0x85
-        ops = RawClient(port, 5)
-        assert ops.connect(cid, "ops").reason_code == 0
-        assert dev1.closed_within(5)
-        assert [p.reason_code for p in dev1.inbox if isinstance(p, Disconnect)] == [0x8E]
-        ops.send(Pingreq())
-        assert isinstance(ops.recv(), Pingresp)
-        ops.disconnect()
-    finally:
-        gw.stop()

@@ -89,7 +89,7 @@ url = "tcp://127.0.0.1:1883"
 
 def test_dtls_and_coaps_targets_are_refused_with_the_reason(tmp_path: Path, dev_pki: Path) -> None:
     tls = f'[listener.tls]\ncert_file = "{dev_pki}/server.crt"\nkey_file = "{dev_pki}/server.key"'
-    # DTLS with certificates (tests/test_coap_dtls_cert.py) and with pre-shared keys (tests/test_coap_dtls.py)
+    # DTLS with certificates (test_coap_dtls_cert.py) and with pre-shared keys (test_coap_dtls.py)
     # are served, but not both on one listener.
     assert CoapListener.validate_settings(_settings(tmp_path, tls)) == []
     psk = '[listener.psk]\nsensor-17 = "0123456789abcdef"'

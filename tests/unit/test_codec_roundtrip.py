@@ -20,7 +20,7 @@ from ferryman.protocols.mqtt import (
     publish_fields,
 )
 from ferryman.protocols.mqtt.constants import PropertyId
-from tests.test_codec_strategies import packets, publishes, split
+from tests.unit.test_codec_strategies import packets, publishes, split
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VERSIONS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]

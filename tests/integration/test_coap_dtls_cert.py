@@ -24,9 +24,9 @@ from ferryman.protocols.coap.dtls_cert import DtlsTerminator, split_records
 from ferryman.protocols.coap.listener import CoapListener
 from tests.coap_support import free_udp_port, libcoap_server
 from tests.http_support import Subscriber
+from tests.integration.test_coap_dtls import _client
+from tests.integration.test_coap_mqtt import _notifications
 from tests.servers import GatewayProcess, Mosquitto
-from tests.test_coap_dtls import _client
-from tests.test_coap_mqtt import _notifications
 
 CONFIG = """
 shutdown_timeout = 3.0

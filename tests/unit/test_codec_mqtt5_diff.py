@@ -45,7 +45,7 @@ from ferryman.protocols.mqtt import (
 )
 from ferryman.protocols.mqtt.constants import PropertyId as P
 from ferryman.protocols.mqtt.packets import Properties
-from tests.test_codec_strategies import filters, packets, shared_filters, split, texts, topic_names
+from tests.unit.test_codec_strategies import filters, packets, shared_filters, split, texts, topic_names
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

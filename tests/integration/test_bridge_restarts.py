@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from ferryman.actors.asyncio_host import AsyncioHost
+from tests.integration.test_bridge_e2e import CONFIG, login, mosquitto_pub, reply, say, until_answered
+from tests.integration.test_prosody import USERS, Client
 from tests.prosody import Prosody
 from tests.servers import GatewayProcess, Mosquitto
-from tests.test_bridge_e2e import CONFIG, login, mosquitto_pub, reply, say, until_answered
-from tests.test_prosody import USERS, Client
 
 DELIVERY_LIMIT = 30.0  # safety limit for a delivery to come back after a restart
 
