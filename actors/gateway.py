@@ -8,6 +8,7 @@ imports a protocol or a handler.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
@@ -20,32 +21,19 @@ from loguru import logger
 from .bootstrap import verify
 from .client_ids import ClientIdBinding
 from .contracts import Refusal, RefusalCode
+from .errors import GatewayError
 from .handler import HandlerActor, HandlerChain
 from .metrics import Metrics, MetricsServer
 from .router import Router
+from .services import Built, ListenerServices
 
-__all__ = ["Gateway", "GatewayError", "load_entry_point"]
+__all__ = ["Built", "Gateway", "GatewayError", "ListenerServices", "load_entry_point"]
 
 T = TypeVar("T")
 HEALTH_TIMEOUT = 1.0  # seconds a part may take to say how it is, in /health
-ListenerFactory = Any  # a pykka actor class: cls.start(settings, chain, metrics) -> ActorRef
-
-
-class GatewayError(Exception):
-    """The gateway cannot start with these settings (a clear message, no traceback needed)."""
-
-
-def publish_router(chain: HandlerChain, attach_kind: str, listener: str) -> pykka.ActorRef[Any]:
-    """The Router of a publish-mode listener (``target = "mqtt"``), once a bridge handler is registered
-    for the listener's ``attach_kind``; GatewayError when the bridge's MQTT session is not running."""
-    router = chain.router()
-    kinds = router.proxy().kinds().get(timeout=5) if router is not None else {}
-    if router is None or not kinds.get(attach_kind):
-        raise GatewayError(
-            f'listener {listener!r}: publish mode (target = "mqtt") needs the bridge\'s MQTT '
-            "session: add a [bridge.mqtt] table"
-        )
-    return router
+ListenerFactory = Any  # a pykka actor class: cls.start(settings, chain, metrics[, services]) -> ActorRef
+#: A builder of further parts (the bridge): the parts it started, and the ports it offers to listeners.
+Component = Callable[["Gateway"], "Built | list[Any]"]
 
 
 def load_entry_point(group: str, name: str) -> Any:
@@ -62,15 +50,17 @@ class Gateway:
         settings: Any,
         listener_factories: Mapping[str, ListenerFactory] | None = None,
         handler_factories: Mapping[str, type[HandlerActor]] | None = None,
-        components: Sequence[Callable[[Gateway], list[Any]]] = (),
+        components: Sequence[Component] = (),
     ) -> None:
         self.settings = settings
         self._listener_factories = dict(listener_factories or {})
         self._handler_factories = dict(handler_factories or {})
         # Builders of further parts (the bridge): each returns what it started, actor refs or objects with
-        # stop(), in start order; they start after the handlers and stop, in reverse, before them.
+        # stop(), in start order, and the ports it offers to listeners (a Built; a plain list offers none).
+        # They start after the handlers and stop, in reverse, before them.
         self._components = list(components)
         self.parts: list[Any] = []
+        self.services = ListenerServices()
         self.metrics = Metrics()
         self.router: pykka.ActorRef[Any] | None = None
         self.handlers: list[pykka.ActorRef[Any]] = []
@@ -114,15 +104,27 @@ class Gateway:
             self.handlers.append(cls.start(options=options, settings=s, router=self.router))
         # One client id binding for every listener (actors/client_ids.py), with the bridge's id reserved.
         chain = HandlerChain(self.handlers, client_ids=ClientIdBinding.for_settings(s))
+        ports: dict[str, Any] = {}
         for build in self._components:
-            self.parts.extend(build(self))
+            built = build(self)
+            if isinstance(built, Built):
+                self.parts.extend(built.parts)
+                ports.update(built.ports)
+            else:
+                self.parts.extend(built)
+        # Everything a listener uses beside its settings, the chain and the metrics: built above, handed over.
+        self.services = ListenerServices(router=self.router, ports=ports)
         for ls in s.listeners:
             listener_cls = self.listener_class(ls.protocol)
             problems = listener_cls.validate_settings(ls)
             if problems:
                 raise GatewayError(f"listener {ls.name!r}: " + "; ".join(problems))
             try:
-                self.listeners[ls.name] = listener_cls.start(ls, chain, self.metrics)
+                if _takes_services(listener_cls):
+                    ref = listener_cls.start(ls, chain, self.metrics, self.services)
+                else:  # a plug-in written for start(settings, chain, metrics)
+                    ref = listener_cls.start(ls, chain, self.metrics)
+                self.listeners[ls.name] = ref
             except OSError as exc:
                 raise GatewayError(
                     f"listener {ls.name!r} cannot listen on {ls.address}: {exc.strerror or exc}"
@@ -219,6 +221,16 @@ class Gateway:
     def listener_address(self, name: str) -> tuple[str, int]:
         address: tuple[str, int] = self.listeners[name].proxy().bound_address().get(timeout=5)
         return address
+
+
+def _takes_services(listener_cls: Any) -> bool:
+    """Whether a listener class's constructor takes the fourth argument, ``services``."""
+    try:
+        params = inspect.signature(listener_cls.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 5 or any(p.kind is p.VAR_POSITIONAL for p in params)  # self + 4
 
 
 def _quiet(part: T, fn: Callable[[T], Any]) -> Any:

@@ -111,21 +111,6 @@ class HandlerChain:
         self.wants_subscribe = bool(self._listeners.get("on_subscribe"))
         self.wants_unsubscribe = bool(self._listeners.get("on_unsubscribe"))
 
-    def router(self) -> pykka.ActorRef[Any] | None:
-        """The Gateway's Router: every handler actor is built with it (``HandlerActor.router``); without
-        handlers, the one Router of the process, if there is exactly one."""
-        from .router import Router
-
-        for ref in self.refs:
-            try:
-                router = ref.proxy().router.get(timeout=self.ask_timeout)
-            except Exception:
-                continue
-            if isinstance(router, pykka.ActorRef):
-                return router
-        routers = pykka.ActorRegistry.get_by_class(Router)
-        return routers[0] if len(routers) == 1 else None
-
     def connect(self, session: Session) -> Grant | Refusal:
         grants: list[Grant] = []
         for proxy in self._proxies:

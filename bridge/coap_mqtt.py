@@ -1,9 +1,11 @@
 """The CoAP -> MQTT bridge handler actor: publish-mode coap listeners (``target = "mqtt"``) publish and
 subscribe through the bridge's own MQTT session (``MqttClientActor``).
 
-Registered with the Router for :data:`ferryman.protocols.coap.publish.ATTACH` (answered with an
-:class:`MqttCoapPort`, as ``bridge/http_mqtt.py`` does for http) and for ``mqtt.message`` (the messages of
-the bridge's MQTT session, which it hands to the receivers of matching filters: CoAP observations).
+The bridge (``ferryman/bridge_wiring.py``) offers an :class:`MqttCoapPort` over this actor under
+:data:`ferryman.protocols.coap.publish.PORT` (the Gateway hands it to each publish-mode coap listener's
+constructor, as it does the ``bridge/http_mqtt.py`` publisher for http). The actor is registered with the
+Router for ``mqtt.message`` (the messages of the bridge's MQTT session, which it hands to the receivers of
+matching filters: CoAP observations).
 
 Subscriptions are reference-counted per filter here: the first receiver subscribes the MQTT session, the
 last one leaving unsubscribes it. A filter the MQTT session already had when the first CoAP receiver came
@@ -23,7 +25,7 @@ from loguru import logger
 from ferryman.actors.contracts import Message
 from ferryman.actors.handler import HandlerActor
 from ferryman.actors.topics import matches
-from ferryman.protocols.coap.publish import ATTACH, Deliver
+from ferryman.protocols.coap.publish import Deliver
 from ferryman.protocols.mqtt.client import Delivery
 
 from .http_mqtt import MqttPublisher
@@ -104,12 +106,6 @@ class CoapMqttBridge(HandlerActor):
     def handle(self, message: Message) -> None:
         if message.kind == MQTT_MESSAGE:
             self._deliver(message)
-        elif message.kind == ATTACH:
-            listener = pykka.ActorRegistry.get_by_urn(message.source)
-            if listener is None:
-                logger.warning("bridge: coap listener {!r} is gone before it was attached", message.topic)
-                return
-            listener.proxy().attach_port.defer(MqttCoapPort(self.mqtt, self.actor_ref))
 
     def _deliver(self, message: Message) -> None:
         for topic_filter, keys in self._by_filter.items():

@@ -1,27 +1,22 @@
-"""The HTTP -> MQTT bridge handler actor: publish-mode http listeners (``target = "mqtt"``) publish through
-the bridge's own MQTT session (``MqttClientActor``).
+"""HTTP -> MQTT: publish-mode http listeners (``target = "mqtt"``) publish through the bridge's own MQTT
+session (``MqttClientActor``).
 
-It is registered with the Router for :data:`ferryman.protocols.http.publish.ATTACH`. A publish-mode listener
-routes that message once when it starts, with its actor URN as ``source``; this actor answers by telling
-the listener a :class:`MqttPublisher`. Each request then costs one future on the MQTT session actor
-(``publish_async``) and a wait on the broker's acknowledgement in the request's own greenlet, instead of a
-Router -> handler -> MQTT session -> handler -> listener round of messages (bench/http_publish.py).
+The bridge (``ferryman/bridge_wiring.py``) offers a :class:`MqttPublisher` under
+:data:`ferryman.protocols.http.publish.PORT`; the Gateway hands it to each publish-mode http listener's
+constructor. Each request then costs one future on the MQTT session actor (``publish_async``) and a wait on
+the broker's acknowledgement in the request's own greenlet, instead of a Router -> handler -> MQTT session ->
+handler -> listener round of messages (bench/http_publish.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import pykka
-from loguru import logger
 
-from ferryman.actors.contracts import Message
-from ferryman.actors.handler import HandlerActor
-from ferryman.protocols.http.publish import ATTACH
 from ferryman.protocols.mqtt.client import Delivery
 
-__all__ = ["HttpMqttBridge", "MqttPublisher"]
+__all__ = ["MqttPublisher"]
 
 
 class MqttPublisher:
@@ -39,27 +34,3 @@ class MqttPublisher:
         except pykka.Timeout:
             return Delivery.failed("the bridge's MQTT session did not answer")
         return delivery
-
-
-class HttpMqttBridge(HandlerActor):
-    name = "http-mqtt"
-
-    def __init__(
-        self,
-        *,
-        mqtt: pykka.ActorRef[Any],
-        options: Mapping[str, Any] | None = None,
-        settings: Any = None,
-        router: Any = None,
-    ) -> None:
-        super().__init__(options=options, settings=settings, router=router)
-        self.mqtt = mqtt
-
-    def handle(self, message: Message) -> None:
-        if message.kind != ATTACH:
-            return
-        listener = pykka.ActorRegistry.get_by_urn(message.source)
-        if listener is None:
-            logger.warning("bridge: publish-mode listener {!r} is gone before it was attached", message.topic)
-            return
-        listener.proxy().attach_publisher.defer(MqttPublisher(self.mqtt))

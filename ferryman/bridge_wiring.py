@@ -1,33 +1,34 @@
-"""Builds the bridge from ``[bridge.*]``: the bridge's MQTT session, the HTTP -> MQTT and CoAP -> MQTT
-handler actors (for publish-mode http and coap listeners), the asyncio host and the XMPP session on it, and
-the XMPP bridge handler actor, all registered with the Router. A Gateway component (see
-``actors/gateway.py``): it returns what it started, in order, and the Gateway stops them in reverse."""
+"""Builds the bridge from ``[bridge.*]``: the bridge's MQTT session, the CoAP -> MQTT handler actor (for
+publish-mode coap listeners), the asyncio host and the XMPP session on it, and the XMPP bridge handler
+actor, registered with the Router for the messages they handle. A Gateway component (see
+``actors/gateway.py``): it returns what it started, in order (the Gateway stops them in reverse), and the
+ports it offers to publish-mode http and coap listeners, which the Gateway hands to their constructors."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ferryman.actors.asyncio_host import HostLease
-from ferryman.actors.gateway import Gateway
+from ferryman.actors.gateway import Built, Gateway
 from ferryman.bridge.authz import BridgeAuthz
-from ferryman.bridge.coap_mqtt import CoapMqttBridge
-from ferryman.bridge.http_mqtt import HttpMqttBridge
+from ferryman.bridge.coap_mqtt import CoapMqttBridge, MqttCoapPort
+from ferryman.bridge.http_mqtt import MqttPublisher
 from ferryman.bridge.smartgrid import SmartgridRules
 from ferryman.bridge.smartgrid_handler import SmartgridHandler
 from ferryman.bridge.store import Store
 from ferryman.bridge.xmpp_mqtt import MQTT_MESSAGE, XMPP_CHAT, CommandLimits, XmppMqttBridge
-from ferryman.protocols.coap.publish import ATTACH as COAP_PUBLISH_ATTACH
-from ferryman.protocols.http.publish import ATTACH as HTTP_PUBLISH_ATTACH
+from ferryman.protocols.coap.publish import PORT as COAP_PUBLISH_PORT
+from ferryman.protocols.http.publish import PORT as HTTP_PUBLISH_PORT
 from ferryman.protocols.mqtt.client import MqttClientActor
 from ferryman.protocols.xmpp.session import XmppSession
 
 __all__ = ["build_bridge"]
 
 
-def build_bridge(gateway: Gateway) -> list[Any]:
+def build_bridge(gateway: Gateway) -> Built:
     bridge = gateway.settings.bridge
     if bridge.mqtt is None:
-        return []
+        return Built([])
     assert gateway.router is not None
     route = gateway.router.proxy().route
     parts: list[Any] = []
@@ -43,15 +44,13 @@ def build_bridge(gateway: Gateway) -> list[Any]:
         password=bridge.mqtt.password or None,
     )
     parts.append(mqtt)
-    http = HttpMqttBridge.start(mqtt=mqtt, settings=gateway.settings, router=gateway.router)
-    parts.append(http)
-    gateway.router.proxy().register(HTTP_PUBLISH_ATTACH, http).get(timeout=5)
     coap = CoapMqttBridge.start(mqtt=mqtt, settings=gateway.settings, router=gateway.router)
     parts.append(coap)
-    gateway.router.proxy().register(COAP_PUBLISH_ATTACH, coap).get(timeout=5)
     gateway.router.proxy().register(MQTT_MESSAGE, coap).get(timeout=5)  # messages for CoAP observers
+    # What publish-mode listeners publish (and, CoAP, observe) through; the Gateway hands them over.
+    ports = {HTTP_PUBLISH_PORT: MqttPublisher(mqtt), COAP_PUBLISH_PORT: MqttCoapPort(mqtt, coap)}
     if bridge.xmpp is None:
-        return parts
+        return Built(parts, ports)
     xmpp = XmppSession.start(bridge.xmpp, host, gateway.router, ca_file=bridge.xmpp.ca_file or None)
     parts.append(xmpp)
     rules = {r.jid: (r.publish, r.subscribe) for r in bridge.xmpp.rules}
@@ -88,7 +87,7 @@ def build_bridge(gateway: Gateway) -> list[Any]:
     router = gateway.router.proxy()
     router.register(XMPP_CHAT, handler).get(timeout=5)
     router.register(MQTT_MESSAGE, handler).get(timeout=5)
-    return parts
+    return Built(parts, ports)
 
 
 def _marks_path(store: str) -> str:

@@ -23,16 +23,17 @@ import pykka
 from loguru import logger
 
 from ferryman.actors.asyncio_host import HostLease
-from ferryman.actors.contracts import Message, Refusal
-from ferryman.actors.gateway import GatewayError, publish_router
+from ferryman.actors.contracts import Refusal
+from ferryman.actors.errors import GatewayError
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
+from ferryman.actors.services import ListenerServices
 
 from .auth import is_authenticated, shrink
 from .codec import screen
 from .context import CoapContext
 from .dtls import dtls_bind, dtls_problems, harden, psk_credentials, psk_problems
-from .publish import ATTACH, MqttPort
+from .publish import PORT, MqttPort
 
 __all__ = ["CoapListener"]
 
@@ -76,13 +77,19 @@ class CoapListener(pykka.ThreadingActor):
             problems.append("path_prefix is for mqtt-ws and http listeners")
         return problems
 
-    def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        chain: HandlerChain,
+        metrics: Metrics,
+        services: ListenerServices | None = None,
+    ) -> None:
         super().__init__()
         self.settings = settings
         target = settings.parsed_target
-        self.router: pykka.ActorRef[Any] | None = None
-        if target.is_publish:
-            self.router = publish_router(chain, ATTACH, settings.name)
+        services = services if services is not None else ListenerServices()
+        # The bridge's MQTT port (bridge/coap_mqtt.py), handed over by the Gateway; GatewayError without.
+        self.port: MqttPort | None = services.publish_port(PORT, settings.name) if target.is_publish else None
         self.lease = HostLease()
         self.host = self.lease.host
         self.dtls = bool(settings.psk)
@@ -106,6 +113,8 @@ class CoapListener(pykka.ThreadingActor):
             raise
 
     async def _serve(self) -> tuple[aiocoap.Context, tuple[str, int]]:
+        if self.port is not None:
+            self.site.attach(self.port)  # on the loop, before the endpoint takes its first request
         bind = (self.settings.host, self.settings.port)
         # aiocoap warns once per unparsable or misfit datagram: garbage would flood the log (and stdlib
         # logging's locks are gevent's in this thread). Errors still show.
@@ -159,11 +168,6 @@ class CoapListener(pykka.ThreadingActor):
         self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_EVERY, self._schedule_sweep)
 
     def on_start(self) -> None:
-        if self.router is not None:
-            # The bridge answers with attach_port (see publish.py): one Router hop, not one per request.
-            self.router.proxy().route.defer(
-                Message(kind=ATTACH, topic=self.settings.name, source=self.actor_urn)
-            )
         logger.info(
             "listener {!r}: {} on {}:{} -> {}",
             self.settings.name,
@@ -175,12 +179,8 @@ class CoapListener(pykka.ThreadingActor):
             *self.address,
             self.settings.target,
         )
-
-    def attach_port(self, port: MqttPort) -> None:
-        attach = getattr(self.site, "attach", None)
-        if attach is not None:
-            self.host.call_soon(attach, port)
-        logger.info("listener {!r}: publishing through the bridge's MQTT session", self.settings.name)
+        if self.port is not None:
+            logger.info("listener {!r}: publishing through the bridge's MQTT session", self.settings.name)
 
     def bound_address(self) -> tuple[str, int]:
         return self.address

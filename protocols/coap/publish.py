@@ -1,9 +1,9 @@
 """CoAP -> MQTT mode (``target = "mqtt"``): the contract between the coap listener and the bridge.
 
 The same design as the http listener's publish mode (``protocols/http/publish.py``): the listener never
-imports the bridge. Once, when it starts, it routes an :data:`ATTACH` message through the Router
-(``source`` = its own actor URN); the bridge's handler actor for that kind (``bridge/coap_mqtt.py``)
-answers by telling the listener an :class:`MqttPort` (``attach_port``). From then on a POST is one call of
+imports the bridge. The bridge (``ferryman/bridge_wiring.py``) offers an :class:`MqttPort` over its MQTT
+session and its CoAP handler actor (``bridge/coap_mqtt.py``) under the kind :data:`PORT`; the Gateway hands
+it to the listener's constructor (``ListenerServices``, ``actors/services.py``). A POST is one call of
 ``MqttPort.publish`` and a wait on the acknowledgement, and an Observe registration one ``subscribe``: no
 Router hop per request. Every method of the port is called in a greenlet of the hub (the resources reach
 it with ``AsyncioHost.in_hub``), never in the asyncio thread.
@@ -16,10 +16,10 @@ from typing import Protocol
 
 from ferryman.protocols.http.publish import Acknowledgement
 
-__all__ = ["ATTACH", "Acknowledgement", "Deliver", "MqttPort"]
+__all__ = ["PORT", "Acknowledgement", "Deliver", "MqttPort"]
 
-#: The Message kind a publish-mode coap listener routes once at start; ``source`` is its actor URN.
-ATTACH = "coap.publish.attach"
+#: The kind under which the bridge offers its :class:`MqttPort` (``ListenerServices.ports``).
+PORT = "coap.publish"
 
 #: Receives one MQTT message (topic, payload, headers) of a subscription. Called in the hub, in the
 #: bridge actor's greenlet: it must not block (hand the message over with ``AsyncioHost.call_soon``).

@@ -8,14 +8,14 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from ferryman.actors.contracts import Message, Refusal
-from ferryman.actors.gateway import publish_router
+from ferryman.actors.contracts import Refusal
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
+from ferryman.actors.services import ListenerServices
 from ferryman.protocols.tls.server import TlsTerminator
 
 from .app import HttpApp
-from .publish import ATTACH, Publisher
+from .publish import PORT, Publisher
 from .server import HttpServer
 from .upstream import Upstream
 
@@ -44,19 +44,29 @@ class HttpListener(pykka.ThreadingActor):
             )
         return problems
 
-    def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        chain: HandlerChain,
+        metrics: Metrics,
+        services: ListenerServices | None = None,
+    ) -> None:
         super().__init__()
         self.settings = settings
         target = settings.parsed_target
-        self.router: pykka.ActorRef[Any] | None = None
+        services = services if services is not None else ListenerServices()
+        publisher: Publisher | None = None
         upstream = None
         if target.is_publish:
-            self.router = publish_router(chain, ATTACH, settings.name)
+            # The bridge's publisher (bridge/http_mqtt.py), handed over by the Gateway; GatewayError without.
+            publisher = services.publish_port(PORT, settings.name)
         else:
             upstream = Upstream(target, settings.target_tls, settings.connect_timeout)
         self.upstream = upstream
         tls = TlsTerminator(settings.tls) if settings.tls is not None else None
         self.app = HttpApp(settings, chain, metrics, upstream, "https" if tls else "http")
+        if publisher is not None:
+            self.app.attach(publisher)
         self.server = HttpServer(
             (settings.host, settings.port),
             self.app,
@@ -73,18 +83,11 @@ class HttpListener(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self.server.start()
-        if self.router is not None:
-            # The bridge answers with attach_publisher (see publish.py): one Router hop, not one per request.
-            self.router.proxy().route.defer(
-                Message(kind=ATTACH, topic=self.settings.name, source=self.actor_urn)
-            )
         logger.info(
             "listener {!r}: http on {}:{} -> {}", self.settings.name, *self.address, self.settings.target
         )
-
-    def attach_publisher(self, publisher: Publisher) -> None:
-        self.app.attach(publisher)
-        logger.info("listener {!r}: publishing through the bridge's MQTT session", self.settings.name)
+        if self.app.publisher is not None:
+            logger.info("listener {!r}: publishing through the bridge's MQTT session", self.settings.name)
 
     def bound_address(self) -> tuple[str, int]:
         return self.address

@@ -1,10 +1,10 @@
 """Publish mode (``target = "mqtt"``): the contract between the http listener and the bridge.
 
-The listener never imports the bridge. Once, when it starts, it routes an :data:`ATTACH` message through the
-Router (``source`` = its own actor URN); the bridge's handler actor for that kind (``bridge/http_mqtt.py``)
-answers by telling the listener a :class:`Publisher` (``attach_publisher``). From then on each POST is one
-call of ``Publisher.publish`` (a future on the bridge's MQTT session) and a wait on the acknowledgement, in
-the request's own greenlet: no Router hop per request (bench/http_publish.py measured why).
+The listener never imports the bridge. The bridge (``ferryman/bridge_wiring.py``) offers a :class:`Publisher`
+over its MQTT session (``bridge/http_mqtt.py``) under the kind :data:`PORT`; the Gateway hands it to the
+listener's constructor (``ListenerServices``, ``actors/services.py``). Each POST is one call of
+``Publisher.publish`` (a future on the bridge's MQTT session) and a wait on the acknowledgement, in the
+request's own greenlet: no Router hop per request (bench/http_publish.py measured why).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 __all__ = [
-    "ATTACH",
+    "PORT",
     "QOS_HEADER",
     "RETAIN_HEADER",
     "Acknowledgement",
@@ -21,8 +21,8 @@ __all__ = [
     "parse_retain",
 ]
 
-#: The Message kind a publish-mode listener routes once at start; its ``source`` is the listener's actor URN.
-ATTACH = "http.publish.attach"
+#: The kind under which the bridge offers its :class:`Publisher` (``ListenerServices.ports``).
+PORT = "http.publish"
 
 #: Request headers of publish mode, in WSGI environ form.
 QOS_HEADER = "HTTP_X_MQTT_QOS"
