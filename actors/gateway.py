@@ -51,6 +51,8 @@ class Gateway:
         listener_factories: Mapping[str, ListenerFactory] | None = None,
         handler_factories: Mapping[str, type[HandlerActor]] | None = None,
         components: Sequence[Component] = (),
+        *,
+        handlers: Sequence[pykka.ActorRef[Any]] = (),
     ) -> None:
         self.settings = settings
         self._listener_factories = dict(listener_factories or {})
@@ -59,6 +61,9 @@ class Gateway:
         # stop(), in start order, and the ports it offers to listeners (a Built; a plain list offers none).
         # They start after the handlers and stop, in reverse, before them.
         self._components = list(components)
+        # Handler actors the embedding program started itself (``handlers=[MyHandler.start(...)]``): they
+        # join the chain after the configured ones, and the program, not the Gateway, stops them.
+        self.given_handlers: list[pykka.ActorRef[Any]] = list(handlers)
         self.parts: list[Any] = []
         self.services = ListenerServices()
         self.metrics = Metrics()
@@ -93,6 +98,11 @@ class Gateway:
 
     def _start(self) -> None:
         s = self.settings
+        for ref in self.given_handlers:
+            if not (isinstance(ref, pykka.ActorRef) and issubclass(ref.actor_class, HandlerActor)):
+                raise GatewayError(f"handlers=: not a started HandlerActor (an ActorRef): {ref!r}")
+            if not ref.is_alive():
+                raise GatewayError(f"handlers=: {ref.actor_class.__name__} is not running")
         self.router = Router.start()
         specs: list[tuple[str, Mapping[str, Any]]] = [(s.auth.handler, s.auth.options)]
         specs += [(h.name, h.options) for h in s.handlers]
@@ -103,7 +113,8 @@ class Gateway:
                 raise GatewayError(f"handler {name!r}: " + "; ".join(errors))
             self.handlers.append(cls.start(options=options, settings=s, router=self.router))
         # One client id binding for every listener (actors/client_ids.py), with the bridge's id reserved.
-        chain = HandlerChain(self.handlers, client_ids=ClientIdBinding.for_settings(s))
+        refs = [*self.handlers, *self.given_handlers]
+        chain = HandlerChain(refs, client_ids=ClientIdBinding.for_settings(s))
         ports: dict[str, Any] = {}
         for build in self._components:
             built = build(self)
@@ -139,18 +150,22 @@ class Gateway:
                     f"metrics cannot listen on {s.metrics.address}: {exc.strerror or exc}"
                 ) from exc
         logger.info(
-            "gateway started: {} listener(s), handlers {}", len(self.listeners), [n for n, _ in specs]
+            "gateway started: {} listener(s), handlers {}",
+            len(self.listeners),
+            [n for n, _ in specs] + [ref.actor_class.__name__ for ref in self.given_handlers],
         )
 
     def reload(self, settings: Any) -> None:
         """New settings (SIGHUP): handlers get them; listeners keep running as they are."""
         self.settings = settings
-        for ref in self.handlers:
+        for ref in [*self.handlers, *self.given_handlers]:
             ref.proxy().reload.defer(settings)
         logger.info("settings reloaded from {}", getattr(settings, "source", "?"))
 
     def stop(self, drain_timeout: float | None = None) -> None:
-        """Stop in reverse order: listeners stop accepting, sessions are closed, then handlers and router."""
+        """Stop in reverse order: listeners stop accepting, sessions are closed, then handlers and router.
+
+        Handlers passed in as ``handlers=`` are left running: whoever started them stops them."""
         if self.stopping:
             return
         self.stopping = True
@@ -194,7 +209,9 @@ class Gateway:
         return {
             "status": "ok" if ok else "unavailable",
             "listeners": listeners,
-            "handlers": [ref.actor_class.__name__ for ref in self.handlers if ref.is_alive()],
+            "handlers": [
+                ref.actor_class.__name__ for ref in [*self.handlers, *self.given_handlers] if ref.is_alive()
+            ],
             "parts": parts,
             **({"bridge": bridge} if bridge is not None else {}),
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,

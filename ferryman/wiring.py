@@ -4,7 +4,10 @@ Third-party handlers and listeners are still found by name through the entry-poi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import pykka
 
 from ferryman.actors.gateway import Gateway
 from ferryman.bridge.builtin import AllowAllHandler
@@ -25,9 +28,18 @@ LISTENERS: dict[str, Any] = {
 HANDLERS: dict[str, Any] = {"allow-all": AllowAllHandler, "static": StaticHandler}
 
 
-def build_gateway(settings: Any) -> Gateway:
+def build_gateway(settings: Any, *, handlers: Sequence[pykka.ActorRef[Any]] = ()) -> Gateway:
+    """The Gateway for ``settings`` (from ``load_settings`` or built by hand), not yet started.
+
+    ``handlers``: HandlerActor refs the caller started itself (``MyHandler.start(options=...,
+    settings=...)``); they join the chain after the configured auth handler and ``[[handler]]`` tables, and
+    ``Gateway.stop()`` leaves them running: the caller stops them (see examples/embedding/)."""
     from ferryman.bridge_wiring import build_bridge  # imports slixmpp and paho only when called
 
     return Gateway(
-        settings, listener_factories=LISTENERS, handler_factories=HANDLERS, components=[build_bridge]
+        settings,
+        listener_factories=LISTENERS,
+        handler_factories=HANDLERS,
+        components=[build_bridge],
+        handlers=handlers,
     )
