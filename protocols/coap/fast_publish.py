@@ -10,8 +10,7 @@ other datagram goes to aiocoap unchanged (``codec.FastPath``, installed as ``ctx
 included): type CON or NON; code POST or PUT; options only Uri-Path, Uri-Query, Content-Format and Accept
 (no Block1 / Block2 / Size1 / Observe / Uri-Host / Proxy-Uri, no unknown option, elective or critical);
 every Uri-Path and Uri-Query value valid UTF-8 (aiocoap drops the others); payload at most
-:data:`MAX_PAYLOAD` bytes and within ``max_packet_size``; the listener not stopping; not a DTLS listener;
-the bridge's MQTT session attached.
+:data:`MAX_PAYLOAD` bytes and within ``max_packet_size``; the listener not stopping; not a DTLS listener.
 
 **Answers** are the slow path's (mqtt_site.py), status codes, diagnostic payloads, refusal counts and
 handler notifications included (the same functions do the work: ``auth.check``, ``topic_problem``,
@@ -88,10 +87,10 @@ __all__ = [
 
 class PublishTarget(Protocol):
     """What the fast path uses of its ``mqtt_site.PublishSite`` (a structural type: the site builds the fast
-    path, so this module does not import it). ``port`` is None until the bridge's MQTT session attaches."""
+    path, so this module does not import it)."""
 
     ctx: CoapContext
-    port: MqttPort | None
+    port: MqttPort
     pump: PublishPump
 
 
@@ -172,10 +171,8 @@ class FastPublish:
         if len(data) < 4 or data[0] & 0xE0 != 0x40 or data[1] not in (_POST, _PUT):
             return False
         ctx = self.ctx
-        site = self.site
-        port = site.port
-        if port is None or ctx.stopping:
-            return False  # aiocoap: it waits for the attachment, or answers 5.03
+        if ctx.stopping:
+            return False  # aiocoap answers 5.03
         msg = parse(data)
         if msg is None or len(msg.payload) > self.max_payload:
             return False
@@ -284,11 +281,6 @@ class FastPublish:
             _refuse(answer, refused)
             return
         port = self.site.port
-        if port is None:  # detached meanwhile (not in practice: the port is set once)
-            _refuse(
-                answer, refusal_message(Code.SERVICE_UNAVAILABLE, "the bridge's MQTT session is not attached")
-            )
-            return
 
         def published(failure: str | None) -> None:  # asyncio thread
             if failure is None:

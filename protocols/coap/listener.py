@@ -97,10 +97,10 @@ class CoapListener(pykka.ThreadingActor):
         self.ctx = CoapContext(settings, chain, metrics, self.host, secure=self.dtls or self.cert_dtls)
         self.terminator: Any = None  # dtls_cert.DtlsTerminator of a [listener.tls] listener
         self.site: Any
-        if target.is_publish:
+        if self.port is not None:  # publish mode
             from .mqtt_site import PublishSite
 
-            self.site = PublishSite(self.ctx)
+            self.site = PublishSite(self.ctx, self.port)
         else:
             proxy = importlib.import_module(_PROXY_MODULE)
             self.site = proxy.build_site(self.ctx)
@@ -113,8 +113,6 @@ class CoapListener(pykka.ThreadingActor):
             raise
 
     async def _serve(self) -> tuple[aiocoap.Context, tuple[str, int]]:
-        if self.port is not None:
-            self.site.attach(self.port)  # on the loop, before the endpoint takes its first request
         bind = (self.settings.host, self.settings.port)
         # aiocoap warns once per unparsable or misfit datagram: garbage would flood the log (and stdlib
         # logging's locks are gevent's in this thread). Errors still show.

@@ -47,11 +47,10 @@ _CONNECTED_TTL = 0.5
 
 
 class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is untyped
-    def __init__(self, ctx: CoapContext) -> None:
+    def __init__(self, ctx: CoapContext, port: MqttPort) -> None:
         super().__init__()
         self.ctx = ctx
-        self.port: MqttPort | None = None
-        self.attached: asyncio.Event | None = None  # created on the loop by attach()
+        self.port = port  # the bridge's MQTT session (bridge/coap_mqtt.py), handed over by the listener
         self.observations = 0
         self.pump = PublishPump(ctx.host, ctx.timeout)
         self._stop_waiters: set[asyncio.Future[None]] = set()
@@ -60,13 +59,6 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
             # Plain POST / PUT requests skip aiocoap (fast_publish.py); everything else still reaches it.
             self.fast = FastPublish(self)
             ctx.fast_path = self.fast
-
-    # -- wiring (asyncio thread) -----------------------------------------------------------------------
-    def attach(self, port: MqttPort) -> None:
-        self.port = port
-        if self.attached is None:
-            self.attached = asyncio.Event()
-        self.attached.set()
 
     def stop(self) -> None:
         """The listener stops: observations end with 5.03."""
@@ -133,10 +125,7 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
         refused = check(ctx, who, "publish", topic, payload)
         if refused is not None:
             return refused
-        port = await self._port()
-        if port is None:
-            return refusal_message(Code.SERVICE_UNAVAILABLE, "the bridge's MQTT session is not attached")
-        failure = await self.pump.publish(port, topic, payload, qos, retain)
+        failure = await self.pump.publish(self.port, topic, payload, qos, retain)
         if failure is not None:
             ctx.log("INFO", "listener {!r}: publish to {} failed: {}", ctx.name, topic, failure)
             return refusal_message(Code.SERVICE_UNAVAILABLE, f"publish failed: {failure}")
@@ -144,17 +133,6 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
         if block1 is not None:
             response.opt.block1 = block1
         return response
-
-    async def _port(self) -> MqttPort | None:
-        if self.port is not None:
-            return self.port
-        if self.attached is None:
-            self.attached = asyncio.Event()
-        try:
-            await asyncio.wait_for(self.attached.wait(), self.ctx.timeout)
-        except TimeoutError:
-            return None
-        return self.port
 
     # -- observe ---------------------------------------------------------------------------------------
     async def _observe(self, pipe: Pipe, request: aiocoap.Message) -> None:
@@ -172,20 +150,8 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
         if refused is not None:
             pipe.add_response(refused, is_last=True)
             return
-        port = await self._port()
-        if port is None:
-            msg = "the bridge's MQTT session is not attached"
-            pipe.add_response(refusal_message(Code.SERVICE_UNAVAILABLE, msg), is_last=True)
-            return
-        peer = remote_of(request)
-        full = ctx.observers.admit(peer)
-        if full is not None:
-            pipe.add_response(full, is_last=True)
-            return
-        try:
-            await Observation(self, pipe, who, topic_filter, port).run()
-        finally:
-            ctx.observers.leave(peer)
+        observation = Observation(self, pipe, who, topic_filter, self.port)
+        await ctx.observers.hold(remote_of(request), pipe, observation.run)
 
 
 class Observation:

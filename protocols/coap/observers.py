@@ -17,7 +17,7 @@ Used from the asyncio thread only.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiocoap
@@ -61,6 +61,18 @@ class ObserverBook:
         self.by_peer[peer] = held + 1
         self.total += 1
         return None
+
+    async def hold(self, peer: tuple[str, int], pipe: Any, observe: Callable[[], Awaitable[None]]) -> None:
+        """Runs ``observe`` (an observation's whole life) as one admitted observation of ``peer``, or answers
+        the registration on ``pipe`` with the refusal when the bounds are reached."""
+        full = self.admit(peer)
+        if full is not None:
+            pipe.add_response(full, is_last=True)
+            return
+        try:
+            await observe()
+        finally:
+            self.leave(peer)
 
     def leave(self, peer: tuple[str, int]) -> None:
         """An observation admitted for ``peer`` ended."""

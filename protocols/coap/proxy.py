@@ -154,18 +154,13 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
             if refusal is not None:
                 pipe.add_response(refusal, is_last=True)
                 return
-            peer = remote_of(request)
-            full = ctx.observers.admit(peer)
-            if full is not None:
-                pipe.add_response(full, is_last=True)
-                return
-            try:
+
+            async def relay() -> None:
                 remote = await self.upstream.remote()
                 forwarded = forwarded_request(request, request.payload, self.upstream.prefix, remote, 0)
-                relay = Relay(ctx, self.upstream, pipe, principal, topic, self._fit, self.relays)
-                await relay.run(forwarded)
-            finally:
-                ctx.observers.leave(peer)
+                await Relay(ctx, self.upstream, pipe, principal, topic, self._fit, self.relays).run(forwarded)
+
+            await ctx.observers.hold(remote_of(request), pipe, relay)
             return
         refusal = self._read_refusal(principal, topic, request)
         if refusal is None and action == "unsubscribe":

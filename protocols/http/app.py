@@ -6,8 +6,8 @@ percent-decoded) or body framing; 401 no, unreadable or refused credentials (wit
 text for every refusal by the chain, so a client cannot tell an unknown user from a wrong password); 403
 topic refused by the grant; 404 path outside ``path_prefix``; 405 not a POST in publish mode; 408 body not
 received within ``body_timeout``; 413 body over ``max_packet_size``; 429 / 503 the chain refused for quota or
-availability; 502 target (or broker) unreachable, timed out, or refused; 503 publish mode before the bridge
-is attached. The request head itself is checked before the application runs (``server.py``, ``headers.py``).
+availability; 502 target (or broker) unreachable, timed out, or refused. The request head itself is
+checked before the application runs (``server.py``, ``headers.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
-import gevent.event
 from loguru import logger
 
 from ferryman.actors.contracts import Grant, RefusalCode
@@ -94,7 +93,9 @@ class HttpApp:
         metrics: Metrics,
         upstream: Upstream | None,
         scheme: str,
+        publisher: Publisher | None = None,
     ) -> None:
+        """Reverse proxy with an ``upstream``; publish mode (no upstream) with the bridge's ``publisher``."""
         self.name: str = settings.name
         self.chain = chain
         self.metrics = metrics
@@ -107,15 +108,10 @@ class HttpApp:
         self.default_qos: int = settings.publish_qos
         no_forward = _NO_FORWARD if settings.forward_authorization else _NO_FORWARD | {"authorization"}
         self.no_forward: frozenset[str] = frozenset(no_forward)
-        self.publisher: Publisher | None = None
-        self.attached = gevent.event.Event()
+        self.publisher = publisher
         self.stopping = False
         self._requests = _request_counter(metrics)
         self._by_status: dict[int, Any] = {}
-
-    def attach(self, publisher: Publisher) -> None:
-        self.publisher = publisher
-        self.attached.set()
 
     # -- responses -------------------------------------------------------------------------------------
     def count(self, status: int) -> None:
@@ -277,10 +273,7 @@ class HttpApp:
         self, start_response: StartResponse, topic: str, body: bytes, qos: int, retain: bool
     ) -> Iterable[bytes]:
         publisher = self.publisher
-        if publisher is None:
-            if not self.attached.wait(self.timeout) or self.publisher is None:
-                raise HttpError(503, "the bridge's MQTT session is not attached")
-            publisher = self.publisher
+        assert publisher is not None  # publish mode: the listener hands it over at construction
         ack = publisher.publish(topic, body, qos, retain)
         if not ack.wait(self.timeout):
             reason = ack.reason or f"not acknowledged within {self.timeout}s"

@@ -64,9 +64,7 @@ class HttpListener(pykka.ThreadingActor):
             upstream = Upstream(target, settings.target_tls, settings.connect_timeout)
         self.upstream = upstream
         tls = TlsTerminator(settings.tls) if settings.tls is not None else None
-        self.app = HttpApp(settings, chain, metrics, upstream, "https" if tls else "http")
-        if publisher is not None:
-            self.app.attach(publisher)
+        self.app = HttpApp(settings, chain, metrics, upstream, "https" if tls else "http", publisher)
         self.server = HttpServer(
             (settings.host, settings.port),
             self.app,
