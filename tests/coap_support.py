@@ -210,9 +210,16 @@ class CoapTarget:
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_udp_ports(1)[0]
+
+
+def free_udp_ports(count: int) -> list[int]:
+    """``count`` distinct free UDP ports: every socket is held until all are bound, so no two are the same."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 @contextlib.contextmanager

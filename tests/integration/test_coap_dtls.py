@@ -17,7 +17,7 @@ import pytest
 from ferryman.config import load_settings
 from ferryman.protocols.coap.dtls import MAX_KEY_BYTES, psk_credentials
 from ferryman.protocols.coap.listener import CoapListener
-from tests.coap_support import free_udp_port, libcoap_server
+from tests.coap_support import free_udp_ports, libcoap_server
 from tests.http_support import Subscriber
 from tests.servers import GatewayProcess, Mosquitto
 
@@ -108,7 +108,7 @@ def coap_target() -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def gw(mqtt_broker: Mosquitto, coap_target: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
-    publish_port, proxy_port = free_udp_port(), free_udp_port()
+    publish_port, proxy_port = free_udp_ports(2)
     config = CONFIG.format(
         publish_port=publish_port,
         proxy_port=proxy_port,

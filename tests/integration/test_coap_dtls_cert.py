@@ -22,7 +22,7 @@ from OpenSSL import SSL
 from ferryman.config import load_settings
 from ferryman.protocols.coap.dtls_cert import DtlsTerminator, split_records
 from ferryman.protocols.coap.listener import CoapListener
-from tests.coap_support import free_udp_port, libcoap_server
+from tests.coap_support import free_udp_ports, libcoap_server
 from tests.http_support import Subscriber
 from tests.integration.test_coap_dtls import _client
 from tests.integration.test_coap_mqtt import _notifications
@@ -124,7 +124,7 @@ def coap_target() -> Iterator[int]:
 def gw(
     mqtt_broker: Mosquitto, dev_pki: Path, coap_target: int, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gw]:
-    mtls_port, tls_port, proxy_port = free_udp_port(), free_udp_port(), free_udp_port()
+    mtls_port, tls_port, proxy_port = free_udp_ports(3)
     config = CONFIG.format(
         mtls_port=mtls_port,
         tls_port=tls_port,

@@ -30,7 +30,7 @@ from ferryman.protocols.coap.codec import (
     encode,
     parse,
 )
-from tests.coap_support import CoapTarget, free_udp_port
+from tests.coap_support import CoapTarget, free_udp_ports
 from tests.servers import GatewayProcess, Mosquitto
 
 CONFIG = """
@@ -78,7 +78,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProces
         Mosquitto(tmp_path_factory.mktemp("coap-fuzz-mosquitto")) as broker,
         CoapTarget() as target,
     ):
-        ports = {"pub": free_udp_port(), "proxy": free_udp_port()}
+        ports = dict(zip(("pub", "proxy"), free_udp_ports(2), strict=True))
         config = CONFIG.format(**ports, target=target.port, broker=broker.port, uid=uuid.uuid4().hex[:6])
         proc = GatewayProcess(tmp_path_factory.mktemp("coap-fuzz-gw"), config)
         proc.start()

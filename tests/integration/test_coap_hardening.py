@@ -40,7 +40,7 @@ from ferryman.protocols.coap.codec import (
     encode,
     parse,
 )
-from tests.coap_support import CoapTarget, free_udp_port
+from tests.coap_support import CoapTarget, free_udp_ports
 from tests.servers import GatewayProcess, Mosquitto
 
 CONFIG = """
@@ -118,7 +118,7 @@ def target() -> Iterator[CoapTarget]:
 
 @pytest.fixture(scope="module")
 def gw(mqtt_broker: Mosquitto, target: CoapTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
-    pub, proxy = free_udp_port(), free_udp_port()
+    pub, proxy = free_udp_ports(2)
     client_id = f"coap-h-{uuid.uuid4().hex[:6]}"
     config = CONFIG.format(
         pub=pub, proxy=proxy, target=target.port, broker=mqtt_broker.port, client_id=client_id

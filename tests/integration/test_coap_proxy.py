@@ -35,6 +35,7 @@ from tests.coap_support import (
     RawCoap,
     coap_client,
     free_udp_port,
+    free_udp_ports,
     pattern,
 )
 from tests.servers import GatewayProcess
@@ -124,12 +125,12 @@ def silent() -> Iterator[socket.socket]:
 
 @pytest.fixture(scope="module")
 def gw(target: CoapTarget, silent: socket.socket, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
-    coap, dead_listener, silent_listener = free_udp_port(), free_udp_port(), free_udp_port()
+    coap, dead_listener, silent_listener, dead = free_udp_ports(4)
     config = CONFIG.format(
         coap=coap,
         target=target.port,
         dead_listener=dead_listener,
-        dead=free_udp_port(),
+        dead=dead,
         silent_listener=silent_listener,
         silent=silent.getsockname()[1],
     )

@@ -24,7 +24,7 @@ from tests.coap_support import (
     Message,
     RawCoap,
     coap_client,
-    free_udp_port,
+    free_udp_ports,
     pattern,
 )
 from tests.servers import GatewayProcess
@@ -94,7 +94,8 @@ def target() -> Iterator[CoapTarget]:
 def gw(target: CoapTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
-    ports = {name: free_udp_port() for name in ("fast", "slow", "silent", "dead")}
+    names = ("fast", "slow", "silent", "dead", "dead_target")
+    ports = dict(zip(names, free_udp_ports(len(names)), strict=True))
     config = CONFIG.format(
         fast=ports["fast"],
         slow=ports["slow"],
@@ -102,7 +103,7 @@ def gw(target: CoapTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         silent_listener=ports["silent"],
         silent=silent.getsockname()[1],
         dead_listener=ports["dead"],
-        dead=free_udp_port(),
+        dead=ports["dead_target"],
     )
     proc = GatewayProcess(
         tmp_path_factory.mktemp("coap-fast"), config, ports=1, env={"COAP_PROXY_SLOW_LISTENERS": "slow"}
