@@ -28,6 +28,7 @@ from ferryman.actors.contracts import (
     SessionControl,
     next_session_id,
 )
+from ferryman.actors.intercept import run_interceptors
 from ferryman.actors.metrics import PacketCounters
 from ferryman.protocols.tls.server import NO_PEER
 
@@ -379,11 +380,7 @@ class MqttConnection:
     # ------------------------------------------------------------------------------------------ helpers
     def _intercept(self, packet: Any, direction: Direction) -> Any | None:
         assert self.session is not None
-        for interceptor in self.grant.interceptors:
-            packet = interceptor.intercept(self.session, packet, direction)
-            if packet is None:
-                return None
-        return packet
+        return run_interceptors(self.grant, self.session, packet, direction)
 
     # ------------------------------------------------------------------------------------------ pumps
     def uplink(self, rest: bytes) -> None:
