@@ -16,6 +16,7 @@ COPY config config
 COPY actors actors
 COPY protocols protocols
 COPY bridge bridge
+COPY ferryman_devtools ferryman_devtools
 RUN pip install . && rm -rf /src
 
 # Non-root; /var/lib/ferryman holds the bridge store (a volume in docker-compose.yml).

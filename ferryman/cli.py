@@ -17,19 +17,31 @@ from loguru import logger
 
 from ferryman.actors.gateway import Gateway, GatewayError
 from ferryman.actors.log import configure_logging
-from ferryman.config import Settings, SettingsError, load_settings, render_settings
+from ferryman.config import ListenerKind, Settings, SettingsError, render_settings
+from ferryman.versions import check as check_versions
 
 __all__ = ["main"]
 
 
-def _load(path: str | None) -> Settings:
-    return load_settings(path or os.environ.get("FERRYMAN_CONFIG") or None)
+def _listeners() -> tuple[dict[str, Any], dict[str, ListenerKind]]:
+    """The listener classes (shipped and plugged in) and their settings kinds, found once per command: a
+    SIGHUP reload checks against the same kinds the running gateway was built with."""
+    from ferryman.wiring import listener_classes, listener_kinds
+
+    classes = listener_classes()
+    return classes, listener_kinds(classes)
 
 
-def _handler_problems(settings: Settings) -> list[str]:
+def _load(path: str | None, kinds: Mapping[str, ListenerKind]) -> Settings:
+    from ferryman.wiring import load_settings
+
+    return load_settings(path or os.environ.get("FERRYMAN_CONFIG") or None, kinds=kinds)
+
+
+def _handler_problems(settings: Settings, listeners: Mapping[str, Any]) -> list[str]:
     from ferryman.wiring import build_gateway
 
-    gateway = build_gateway(settings)
+    gateway = build_gateway(settings, listeners=listeners)
     problems: list[str] = []
     specs: list[tuple[str, str, Mapping[str, Any]]] = [
         ("auth.handler", settings.auth.handler, settings.auth.options)
@@ -53,13 +65,16 @@ def _handler_problems(settings: Settings) -> list[str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if not check_versions(lambda problem: print(problem, file=sys.stderr)):
+        return 1
+    classes, kinds = _listeners()
     try:
-        settings = _load(args.config)
+        settings = _load(args.config, kinds)
     except SettingsError as exc:
         print(str(exc), file=sys.stderr)
         print(f"{len(exc.errors)} error(s)", file=sys.stderr)
         return 1
-    problems = _handler_problems(settings)
+    problems = _handler_problems(settings, classes)
     if problems:
         for p in problems:
             print(f"{settings.source}: {p}", file=sys.stderr)
@@ -75,20 +90,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    classes, kinds = _listeners()
     try:
-        settings = _load(args.config)
+        settings = _load(args.config, kinds)
     except SettingsError as exc:
         print(str(exc), file=sys.stderr)
         return 2
     configure_logging(settings.log.level, settings.log.format)
-    problems = _handler_problems(settings)
+    if not check_versions(lambda problem: logger.error("cannot start: {}", problem)):
+        return 1
+    problems = _handler_problems(settings, classes)
     if problems:
         for p in problems:
             logger.error("{}: {}", settings.source, p)
         return 2
     from ferryman.wiring import build_gateway
 
-    gateway: Gateway = build_gateway(settings)
+    gateway: Gateway = build_gateway(settings, listeners=classes)
     stop = Event()
 
     def on_signal(signame: str) -> None:
@@ -100,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             logger.info("SIGHUP: no settings file to reload")
             return
         try:
-            new = _load(args.config)
+            new = _load(args.config, kinds)
         except SettingsError as exc:
             logger.error("SIGHUP: settings not reloaded (the running ones stay):\n{}", exc)
             return
@@ -178,8 +196,8 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def cmd_certs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ferryman.protocols.tls import pki_extra
-    from ferryman.protocols.tls.pki import write_dev_pki
+    from ferryman_devtools import pki_extra
+    from ferryman_devtools.pki import write_dev_pki
 
     if args.revoke or args.unrevoke:
         try:
@@ -211,7 +229,7 @@ def cmd_responder(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ferryman.config import parse_address
-    from ferryman.protocols.tls.responder import DevResponder
+    from ferryman_devtools.responder import DevResponder
 
     directory = Path(args.directory)
     for name in ("ca.crt", "ca.key", "issued.json"):
@@ -245,7 +263,7 @@ def cmd_responder(args: argparse.Namespace) -> int:
 
 
 def cmd_http_echo(args: argparse.Namespace) -> int:
-    from ferryman.protocols.http.echo import main as echo_main
+    from ferryman_devtools.echo import main as echo_main
 
     return echo_main(args.rest)
 

@@ -67,8 +67,8 @@ subscribe = ["#"]
 
 @pytest.fixture(scope="session")
 def dev_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The development PKI of `ferryman certs` (protocols/tls/pki.write_dev_pki), once per session."""
-    from ferryman.protocols.tls.pki import write_dev_pki
+    """The development PKI of `ferryman certs` (ferryman_devtools/pki.py: write_dev_pki), once per session."""
+    from ferryman_devtools.pki import write_dev_pki
 
     directory = tmp_path_factory.mktemp("dev-pki")
     write_dev_pki(directory)

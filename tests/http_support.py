@@ -16,7 +16,7 @@ from tests.servers import free_port, wait_port
 ECHO = (
     "from gevent import monkey; monkey.patch_all()\n"
     "import sys\n"
-    "from ferryman.protocols.http.echo import main\n"
+    "from ferryman_devtools.echo import main\n"
     "sys.exit(main(['--address', '127.0.0.1:' + sys.argv[1]]))\n"
 )
 
@@ -68,7 +68,7 @@ class CurlFailed(Exception):
 
 
 class EchoTarget:
-    """``ferryman.protocols.http.echo`` in a process of its own, on a free port."""
+    """``ferryman_devtools.echo`` in a process of its own, on a free port."""
 
     def __init__(self) -> None:
         self.port = free_port()

@@ -9,9 +9,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ferryman.protocols.tls.pki import write_dev_pki
-from ferryman.protocols.tls.pki_extra import write_chain_pki
-from ferryman.protocols.tls.responder import DevResponder, ResponderFaults
+from ferryman_devtools.pki import write_dev_pki
+from ferryman_devtools.pki_extra import write_chain_pki
+from ferryman_devtools.responder import DevResponder, ResponderFaults
 from tests.servers import GatewayProcess, free_port
 
 

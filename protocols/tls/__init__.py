@@ -1,5 +1,3 @@
-"""ferryman.protocols.tls: TLS support; for now the development PKI generator (``ferryman certs DIR``)."""
-
-from .pki import CONTRACT_FILES, write_dev_pki
-
-__all__ = ["CONTRACT_FILES", "write_dev_pki"]
+"""ferryman.protocols.tls: TLS termination (``server``), TLS dialing (``client``) and the revocation checks
+(``revocation``: OCSP and CRL). The development PKI and OCSP responder are developer tooling, in the
+``ferryman_devtools`` package (``ferryman certs DIR``, ``ferryman responder DIR``)."""

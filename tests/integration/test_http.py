@@ -1,5 +1,5 @@
 """The ``http`` listener from outside: ``ferryman run`` with http listeners, curl as the client, the echo
-target (``ferryman.protocols.http.echo``) in its own process, mosquitto and mosquitto_sub for publish mode,
+target (``ferryman_devtools.echo``) in its own process, mosquitto and mosquitto_sub for publish mode,
 and the dev PKI for TLS and mTLS."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ferryman.protocols.mqtt.packets import Publish
-from ferryman.protocols.tls.pki import write_dev_pki
+from ferryman_devtools.pki import write_dev_pki
 from tests.rawclient import RawClient
 from tests.servers import REPO, GatewayProcess, Mosquitto, free_port, uid, wait_port
 

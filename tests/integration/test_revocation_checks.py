@@ -1,5 +1,5 @@
 """OCSP and CRL checks (protocols/tls/ocsp.py, crl.py, revocation.py) against the development responder
-(protocols/tls/responder.py), in process: every answer, every way a response can be wrong, caching."""
+(ferryman_devtools/responder.py), in process: every answer, every way a response can be wrong, caching."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ferryman.protocols.tls.pki_extra import issue_client, revoke
-from ferryman.protocols.tls.responder import DevResponder, ResponderFaults
 from ferryman.protocols.tls.revocation import RevocationChecker, RevocationRefused
+from ferryman_devtools.pki_extra import issue_client, revoke
+from ferryman_devtools.responder import DevResponder, ResponderFaults
 from tests.revocation_support import dead_url, responder_port, start_pki_and_responder, tls_settings
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ferryman.protocols.tls.pki_extra import issue_client, revoke
-from ferryman.protocols.tls.responder import DevResponder, ResponderFaults
+from ferryman_devtools.pki_extra import issue_client, revoke
+from ferryman_devtools.responder import DevResponder, ResponderFaults
 from tests.revocation_support import (
     LogWindow,
     dead_url,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ferryman.protocols.mqtt.packets import Publish
-from ferryman.protocols.tls.pki import write_dev_pki
+from ferryman_devtools.pki import write_dev_pki
 from tests.rawclient import RawClient
 from tests.servers import GatewayProcess, Mosquitto
 

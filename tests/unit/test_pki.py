@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from ferryman.protocols.tls.pki import write_dev_pki
+from ferryman_devtools.pki import write_dev_pki
 
 OCSP_URL = "http://127.0.0.1:18889/ocsp"
 CRL_URL = "http://127.0.0.1:18889/crl.pem"

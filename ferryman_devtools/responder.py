@@ -7,8 +7,8 @@
 - ``GET /crl.pem`` and ``/crl.der``: a fresh CRL of the development CA (``ca.crt``); ``GET
   /crl/<stem>.pem|.der``: the CRL of any other CA in the directory (``chain-root``, ...).
 
-``issued.json`` is re-read on every request, so revoking a certificate (``pki_extra.revoke``) takes
-effect at once. Every CA recorded in ``issued.json`` whose key file is present can answer.
+``issued.json`` is re-read on every request, so revoking a certificate (``pki_extra.revoke``, beside this
+module) takes effect at once. Every CA recorded in ``issued.json`` whose key file is present can answer.
 
 For tests the responder misbehaves on demand (``faults``) and counts the requests it served."""
 
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .chain import key_hash
+from ferryman.protocols.tls.chain import key_hash
 
 __all__ = ["DevResponder", "ResponderFaults"]
 

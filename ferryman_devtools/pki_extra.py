@@ -93,7 +93,7 @@ def _make_sub_ca(
 
 def _base_url(directory: Path) -> str:
     """The responder base URL the contract leaves point at (from client.crt's AIA)."""
-    from .ocsp import responder_url
+    from ferryman.protocols.tls.ocsp import responder_url
 
     url = responder_url(x509.load_pem_x509_certificate((directory / "client.crt").read_bytes()))
     return (url or "http://127.0.0.1:8889/ocsp").rsplit("/", 1)[0]

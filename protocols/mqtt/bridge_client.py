@@ -8,7 +8,7 @@ Threads and greenlets. The process is gevent-monkey-patched first, so paho's ``l
 greenlet in the hub's thread, as is this actor's own (``pykka.ThreadingActor``). paho's callbacks run in
 the network-loop greenlet; they touch only small, lock-guarded bookkeeping and never ``ask`` an actor.
 
-API (through ``MqttClientActor.start(...).proxy()``, or ``ask``/``tell`` of ``Call`` messages):
+API (through ``MqttBridgeClient.start(...).proxy()``, or ``ask``/``tell`` of ``Call`` messages):
 
 - ``subscribe(topic_filter, qos=1) -> bool``: remembers the filter (it is subscribed again on every
   connect) and, when connected, waits up to ``ack_timeout`` for the SUBACK. True if the broker granted
@@ -38,7 +38,7 @@ not know), paho would re-send it after each reconnect for ever. The oldest unack
 when the link drops within ``poison_window`` seconds of its (re)sending gets a strike; after
 ``poison_after`` strikes in a row it is removed from paho's queue, its ``Delivery`` fails and an error is
 logged (``health()`` counts it in ``dropped``). This touches paho's private ``_out_messages``: checked
-against the pinned paho-mqtt 2.x at start-up (``_check_paho_internals``).
+against the pinned paho-mqtt 2.2.x at start-up (``_check_paho_internals``).
 
 Health (``health()``, shown by the gateway's /health): ``status`` is ``ok``, ``disconnected`` or
 ``flapping`` (``flap_count`` link losses within ``flap_window`` seconds and no connection stable for
@@ -78,9 +78,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ferryman.actors.contracts import Message
+from ferryman.actors.subscriptions import SubscriptionHub
 from ferryman.actors.topics import validate_topic_filter, validate_topic_name
 
-__all__ = ["Delivery", "MqttClientActor", "Sink", "parse_url"]
+__all__ = ["Delivery", "MqttBridgeClient", "Sink", "parse_url"]
 
 Sink = Callable[[Message], None]
 
@@ -222,14 +223,15 @@ _RESUBSCRIBE_BATCH = 64
 
 def _check_paho_internals(client: paho.Client) -> None:
     """The poison-message handling reads and edits paho's private outgoing queue: fail loudly at start-up
-    rather than silently should a paho release change it (pyproject.toml pins paho-mqtt 2.x)."""
+    rather than silently should a paho release change it (pyproject.toml pins paho-mqtt 2.2.x; the CLI
+    checks the installed release against that range before anything starts)."""
     missing = [
         name
         for name in ("_out_messages", "_out_message_mutex", "_inflight_messages")
         if not hasattr(client, name)
     ]
     if missing:
-        raise RuntimeError(f"paho-mqtt has no {', '.join(missing)}: ferryman needs paho-mqtt 2.x")
+        raise RuntimeError(f"paho-mqtt has no {', '.join(missing)}: ferryman needs paho-mqtt 2.2.x")
 
 
 def _failure(codes: list[ReasonCode]) -> str:
@@ -237,7 +239,7 @@ def _failure(codes: list[ReasonCode]) -> str:
     return ", ".join(bad)
 
 
-class MqttClientActor(pykka.ThreadingActor):
+class MqttBridgeClient(pykka.ThreadingActor):
     """The bridge's persistent MQTT 5 session. See the module docstring for the API and its guarantees."""
 
     def __init__(
@@ -270,7 +272,8 @@ class MqttClientActor(pykka.ThreadingActor):
         self.ack_timeout = ack_timeout
         self.publish_timeout = publish_timeout
         self._filters: dict[str, int] = {}
-        self._owners: dict[str, set[str]] = {}  # filter -> who asked for it (subscribe / unsubscribe owner)
+        # who asked for each filter (the ``owner`` of subscribe / unsubscribe: the bridges)
+        self._owners: SubscriptionHub[str] = SubscriptionHub()
         self._connected = False
         self._connects = 0
         self._lock = threading.Lock()  # guards _pending and _early only; never held while calling paho
@@ -386,9 +389,8 @@ class MqttClientActor(pykka.ThreadingActor):
         if err:
             logger.warning("MQTT client {}: refused to subscribe {!r}: {}", self.client_id, topic_filter, err)
             return False
-        owners = self._owners.setdefault(topic_filter, set())
-        shared = bool(owners - {owner})
-        owners.add(owner)
+        shared = bool(self._owners.holders_of(topic_filter) - {owner})
+        self._owners.add(owner, topic_filter)
         if shared and topic_filter in self._filters:
             return self._connected
         self._filters[topic_filter] = qos
@@ -410,13 +412,11 @@ class MqttClientActor(pykka.ThreadingActor):
     def unsubscribe(self, topic_filter: str, owner: str = "") -> bool:
         if validate_topic_filter(topic_filter):
             return False  # never subscribed (``subscribe`` refuses it); an UNSUBSCRIBE would cut the link
-        owners = self._owners.get(topic_filter)
-        if owners is not None:
-            owners.discard(owner)
-            if owners:
-                logger.debug("MQTT client {}: {} still wanted by {}", self.client_id, topic_filter, owners)
-                return True
-            del self._owners[topic_filter]
+        self._owners.remove(owner, topic_filter)
+        owners = self._owners.holders_of(topic_filter)
+        if owners:
+            logger.debug("MQTT client {}: {} still wanted by {}", self.client_id, topic_filter, set(owners))
+            return True
         self._filters.pop(topic_filter, None)
         if not self._connected:
             return False
