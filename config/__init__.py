@@ -2,19 +2,24 @@
 
 The lowest layer of ferryman: it imports nothing but the standard library. ::
 
-    settings = load_settings("ferryman.toml")     # raises SettingsError listing every problem
-    print(render_settings(settings))              # effective settings as TOML, secrets masked
+    settings = load_settings("ferryman.toml", kinds=kinds)  # raises SettingsError listing every problem
+    print(render_settings(settings))                        # effective settings as TOML, secrets masked
+
+It knows no listener protocol: the caller passes the listener kinds (``ListenerKind``, declared by each
+listener); ``ferryman.wiring.load_settings(path)`` passes the shipped ones and the plug-ins'.
 """
 
 from .env import CONFIG_ENV, ENV_PREFIX, env_name
 from .errors import SettingIssue, SettingsError
 from .frozen import FrozenMap
-from .loader import DEFAULT_LISTENER, DEFAULTS_SOURCE, EXAMPLE_FILE, default_settings, load_settings
+from .keys import Kind
+from .listener_kinds import SHARED_KEYS, KindIssue, ListenerKey, ListenerKind, shared_except
+from .loader import DEFAULTS_SOURCE, EXAMPLE_FILE, default_settings, load_settings
 from .masking import MASK, is_secret_key, mask_secrets
 from .network import (
     DEFAULT_PORTS,
     PUBLISH_TARGET,
-    SCHEMES_BY_PROTOCOL,
+    SECURE_SCHEMES,
     Target,
     format_address,
     parse_address,
@@ -28,6 +33,7 @@ from .schema import (
     BridgeXmppSettings,
     HandlerSettings,
     JidRuleSettings,
+    ListenerOptions,
     ListenerSettings,
     LogSettings,
     MetricsSettings,
@@ -40,13 +46,13 @@ from .schema import (
 __all__ = [
     "CONFIG_ENV",
     "DEFAULTS_SOURCE",
-    "DEFAULT_LISTENER",
     "DEFAULT_PORTS",
     "ENV_PREFIX",
     "EXAMPLE_FILE",
     "MASK",
     "PUBLISH_TARGET",
-    "SCHEMES_BY_PROTOCOL",
+    "SECURE_SCHEMES",
+    "SHARED_KEYS",
     "AuthSettings",
     "BridgeMqttSettings",
     "BridgeSettings",
@@ -54,6 +60,11 @@ __all__ = [
     "FrozenMap",
     "HandlerSettings",
     "JidRuleSettings",
+    "Kind",
+    "KindIssue",
+    "ListenerKey",
+    "ListenerKind",
+    "ListenerOptions",
     "ListenerSettings",
     "LogSettings",
     "MetricsSettings",
@@ -74,4 +85,5 @@ __all__ = [
     "parse_target",
     "render_settings",
     "settings_to_dict",
+    "shared_except",
 ]

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .errors import format_key_path
-from .network import PUBLISH_TARGET, SCHEMES_BY_PROTOCOL, parse_address, parse_target
+from .keys import Kind
+from .listener_kinds import SHARED_KEYS, ListenerKey, ListenerKind, join_names, not_applicable
+from .network import PUBLISH_TARGET, SECURE_SCHEMES, parse_address, parse_target
 from .reader import TableReader, describe
 from .schema import (
     AuthSettings,
@@ -16,6 +20,7 @@ from .schema import (
     BridgeXmppSettings,
     HandlerSettings,
     JidRuleSettings,
+    ListenerOptions,
     ListenerSettings,
     LogSettings,
     MetricsSettings,
@@ -31,16 +36,13 @@ __all__ = ["build_settings"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-PROTOCOLS = tuple(SCHEMES_BY_PROTOCOL)
 VERIFY_CHECKS = ("ocsp", "crl")
 RATE_LIMIT_ACTIONS = ("throttle", "disconnect")
 REFUSED_PUBLISH_V3 = ("ack", "disconnect")
 CLIENT_ID_BINDINGS = ("identity", "none")  # [auth] client_id_binding (actors/client_ids.py)
 XMPP_MODES = ("component", "client")
 BRIDGE_MQTT_SCHEMES = ("tcp", "tls", "ws", "wss")
-PATH_PREFIX_PROTOCOLS = ("mqtt-ws", "http")
-PSK_PROTOCOLS = ("coap",)
-SECURE_TARGET_SCHEMES = ("tls", "wss", "https", "coaps")
+SECURE_TARGET_SCHEMES = SECURE_SCHEMES
 MAX_FLOOD_BATCH_WAIT = 0.1  # seconds: flood_batch_wait delays messages by up to this much
 MIN_PACKET_SIZE, MAX_PACKET_SIZE = 16, 268435460  # MQTT: fixed header + the largest Remaining Length
 
@@ -48,8 +50,9 @@ MIN_PACKET_SIZE, MAX_PACKET_SIZE = 16, 268435460  # MQTT: fixed header + the lar
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def build_settings(root: TableReader, source: str) -> Settings:
-    """Build the settings from the root table; problems land in ``root.ctx.issues``."""
+def build_settings(root: TableReader, source: str, kinds: Mapping[str, ListenerKind]) -> Settings:
+    """Build the settings from the root table; problems land in ``root.ctx.issues``. ``kinds``: the
+    listener kinds by protocol name (``listener_kinds.py``), as the caller wired them."""
     shutdown_timeout = root.positive_number("shutdown_timeout", 5.0)
     log = root.section("log")
     log_settings = LogSettings(
@@ -60,16 +63,16 @@ def build_settings(root: TableReader, source: str) -> Settings:
     if metrics_settings.address:
         _check_address(metrics, "address", metrics_settings.address)
     listener_readers = root.tables("listener")
-    listeners = [_listener(reader) for reader in listener_readers]
+    listeners = [_listener(reader, kinds) for reader in listener_readers]
     _check_unique_listeners(listener_readers, listeners, metrics, metrics_settings.address)
     auth = _auth(root.section("auth"))
     handlers = tuple(_handler(reader) for reader in root.tables("handler"))
     bridge = _bridge(root.section("bridge"))
     if bridge.mqtt is None:
         for reader, listener in zip(listener_readers, listeners, strict=True):
-            if listener.target == PUBLISH_TARGET and PUBLISH_TARGET in SCHEMES_BY_PROTOCOL.get(
-                listener.protocol, ()
-            ):
+            kind = kinds.get(listener.protocol)
+            publishes = kind is not None and PUBLISH_TARGET in kind.target_schemes
+            if listener.target == PUBLISH_TARGET and publishes:
                 reader.report(
                     "target",
                     'publish mode (target = "mqtt") needs the bridge\'s MQTT session: add [bridge.mqtt]',
@@ -94,24 +97,39 @@ def _check_address(reader: TableReader, key: str, address: str) -> tuple[str, in
         return None
 
 
-def _listener(r: TableReader) -> ListenerSettings:
+def _listener(r: TableReader, kinds: Mapping[str, ListenerKind]) -> ListenerSettings:
     name = r.string("name")
     if name and not _NAME.fullmatch(name):
         r.report("name", f"{name!r}: use letters, digits, '_', '.' and '-' (starting with a letter or digit)")
-    protocol = r.string("protocol", choices=PROTOCOLS)
+    issues_before = len(r.ctx.issues)
+    protocol = r.string("protocol", choices=tuple(kinds))
+    kind = kinds.get(protocol)
     address = r.string("address")
     if address:
         _check_address(r, "address", address)
-    target = r.string("target")
-    if target:
-        _check_target(r, protocol, target)
+    if kind is not None and not kind.takes_target:
+        target = ""
+        if r.data.get("target", "") != "":
+            r.report("target", f"{protocol} listeners take no target")
+    else:
+        target = r.string("target")
+        if target:
+            _check_target(r, kind, kinds, target)
+
+    def applies(key: str) -> bool:
+        """Whether a shared key may be set here; reported when it is set but may not be."""
+        if kind is None or key in kind.shared_keys or not r.has(key):
+            return True
+        r.report(key, not_applicable(key, kinds))
+        return False
+
     path_prefix = r.string("path_prefix", "")
     if path_prefix and not path_prefix.startswith("/"):
         r.report("path_prefix", f"{path_prefix!r} must start with '/'")
-    if path_prefix and protocol in PROTOCOLS and protocol not in PATH_PREFIX_PROTOCOLS:
-        r.report("path_prefix", f"only {' and '.join(PATH_PREFIX_PROTOCOLS)} listeners take a path prefix")
+    if path_prefix:
+        applies("path_prefix")
     tls = r.table("tls")
-    psk = _psk(r, protocol)
+    psk = _psk(r, applies)
     target_tls = r.table("target_tls")
     if target_tls is not None and target:
         try:
@@ -121,15 +139,15 @@ def _listener(r: TableReader) -> ListenerSettings:
         if scheme and scheme not in SECURE_TARGET_SCHEMES:
             r.report("target_tls", f"is for {' | '.join(SECURE_TARGET_SCHEMES)} targets, not {scheme}")
     allowed_origins = r.strings("allowed_origins")
-    if allowed_origins and protocol in PROTOCOLS and protocol != "mqtt-ws":
-        r.report("allowed_origins", "only mqtt-ws listeners check the Origin header")
+    if allowed_origins:
+        applies("allowed_origins")
     bypass = r.strings("bypass")
     for index, path in enumerate(bypass):
         if not path.startswith("/"):
             r.ctx.report((*r.path, "bypass", index), f"{path!r} must start with '/'")
-    if bypass and protocol in PROTOCOLS and protocol != "http":
-        r.report("bypass", "only http listeners have a bypass list")
-    return ListenerSettings(
+    if bypass:
+        applies("bypass")
+    settings = ListenerSettings(
         name=name,
         protocol=protocol,
         address=address,
@@ -162,7 +180,78 @@ def _listener(r: TableReader) -> ListenerSettings:
         max_observations=r.integer("max_observations", 4096, 1, 1_000_000),
         max_observations_per_peer=r.integer("max_observations_per_peer", 64, 1, 1_000_000),
         observe_check_interval=r.positive_number("observe_check_interval", 120.0),
+        options=_own_keys(r, kind) if kind is not None else ListenerOptions(),
     )
+    if kind is None:
+        return settings
+    for key in r.data:  # the other shared keys, in file order: an error when set to other than the default
+        if key in SHARED_KEYS and key not in _ALWAYS_CHECKED and getattr(settings, key) != _DEFAULTS[key]:
+            applies(key)
+    if len(r.ctx.issues) == issues_before:  # cross-key checks see only keys that are each valid
+        _kind_checks(r, kind, settings)
+    return settings
+
+
+# Shared keys checked for their kind where they are read above (in file order, as before).
+_ALWAYS_CHECKED = frozenset({"path_prefix", "allowed_origins", "bypass", "psk"})
+# Each shared key's default: set to it (as `ferryman check --print` writes every key), a key a listener's
+# kind does not take changes nothing and is accepted.
+_DEFAULTS: dict[str, Any] = {
+    key: getattr(ListenerSettings(name="", protocol="", address="", target=""), key) for key in SHARED_KEYS
+}
+
+
+def _own_keys(r: TableReader, kind: ListenerKind) -> ListenerOptions:
+    """The keys ``kind`` owns, converted and checked (a key of another kind is an unknown key: the reader
+    of a listener of a known kind has that kind's keys only, see ``TableArray.item_for``)."""
+    own = r.with_spec(kind.table)
+    values: dict[str, Any] = {}
+    for spec in kind.keys:
+        values[spec.name] = _own_key(own, spec)
+    return ListenerOptions(values, kind.secret_keys)
+
+
+def _own_key(r: TableReader, spec: ListenerKey) -> Any:
+    key = spec.name
+    if not r.has(key):
+        if spec.required:
+            r.report(key, f"missing (required){': ' + spec.doc if spec.doc else ''}")
+        return spec.default
+    low, high = spec.minimum, spec.maximum
+    if spec.type is Kind.STR:
+        return r.string(key, spec.default if spec.default is not None else "", spec.choices)
+    if spec.type is Kind.INT:
+        return r.integer(
+            key,
+            spec.default if spec.default is not None else 0,
+            int(low) if low is not None else -(2**63),
+            int(high) if high is not None else 2**63 - 1,
+        )
+    if spec.type is Kind.FLOAT:
+        return r.number(key, spec.default if spec.default is not None else 0.0, low, high)
+    if spec.type is Kind.BOOL:
+        return r.boolean(key, bool(spec.default))
+    if spec.type is Kind.STRS:
+        value = r.strings(key)
+        for index, item in enumerate(value):
+            if spec.choices and item not in spec.choices:
+                r.ctx.report((*r.path, key, index), f"{item!r} is not one of {', '.join(spec.choices)}")
+        return value
+    return r.free(key)
+
+
+def _kind_checks(r: TableReader, kind: ListenerKind, settings: ListenerSettings) -> None:
+    try:
+        found = list(kind.validate(settings))
+    except Exception as exc:  # a plug-in's bug must not hide the other settings errors
+        r.report(None, f"the {kind.protocol} listener kind's checks failed: {type(exc).__name__}: {exc}")
+        return
+    for issue in found:
+        if isinstance(issue, tuple):
+            key, message = issue
+            r.report(key, message)
+        else:
+            r.report(None, str(issue))
 
 
 def _flood_batch_wait(r: TableReader) -> float:
@@ -172,9 +261,10 @@ def _flood_batch_wait(r: TableReader) -> float:
     return value
 
 
-def _psk(r: TableReader, protocol: str) -> dict[str, str]:
-    """``[listener.psk]``: DTLS identity -> pre-shared key, both non-empty strings; coap listeners only.
-    (What the DTLS backend can take, e.g. lengths, is the listener's ``validate_settings``.)"""
+def _psk(r: TableReader, applies: Callable[[str], bool]) -> dict[str, str]:
+    """``[listener.psk]``: DTLS identity -> pre-shared key, both non-empty strings; only for the kinds
+    that take ``psk``. (What the DTLS backend can take, e.g. lengths, is the listener's
+    ``validate_settings``.)"""
     table = r.free("psk")
     psk: dict[str, str] = {}
     for identity, key in table.items():
@@ -187,24 +277,28 @@ def _psk(r: TableReader, protocol: str) -> dict[str, str]:
             r.ctx.report(where, "the pre-shared key must not be empty")
         else:
             psk[identity] = key
-    if table and protocol in PROTOCOLS and protocol not in PSK_PROTOCOLS:
-        r.report("psk", "pre-shared keys are for coap listeners (DTLS)")
+    if table:
+        applies("psk")
     return psk
 
 
-def _check_target(r: TableReader, protocol: str, target: str) -> None:
+def _check_target(
+    r: TableReader, kind: ListenerKind | None, kinds: Mapping[str, ListenerKind], target: str
+) -> None:
     try:
         scheme = parse_target(target).scheme
     except ValueError as exc:
         r.report("target", str(exc))
         return
-    allowed = SCHEMES_BY_PROTOCOL.get(protocol)
-    if allowed is None or scheme in allowed:
+    if kind is None or scheme in kind.target_schemes:
         return
     if scheme == PUBLISH_TARGET:
-        r.report("target", f"'{PUBLISH_TARGET}' (publish mode) is only for http and coap listeners")
+        publishers = [name for name, other in kinds.items() if PUBLISH_TARGET in other.target_schemes]
+        only = join_names(publishers)
+        r.report("target", f"'{PUBLISH_TARGET}' (publish mode) is only for {only} listeners")
     else:
-        r.report("target", f"a {protocol} listener forwards to {' | '.join(allowed)}, not {scheme}")
+        allowed = kind.target_schemes
+        r.report("target", f"a {kind.protocol} listener forwards to {' | '.join(allowed)}, not {scheme}")
 
 
 def _file(r: TableReader, key: str, required: bool = False) -> str:

@@ -95,9 +95,10 @@ def _convert_like(text: str, existing: Any) -> Any:
 
 
 def apply_env(
-    raw: dict[str, Any], env: Mapping[str, str]
+    raw: dict[str, Any], env: Mapping[str, str], root: Table = ROOT
 ) -> tuple[dict[str, Any], dict[KeyPath, str], list[SettingIssue]]:
-    """Apply the ``FERRYMAN_*`` variables of ``env`` to the parsed TOML tree ``raw``.
+    """Apply the ``FERRYMAN_*`` variables of ``env`` to the parsed TOML tree ``raw``; ``root`` is the key
+    tree (``listener_kinds.root_keys(kinds)`` adds the listener kinds' own keys).
 
     Returns the new tree (``raw`` is not changed), which key path each variable set, and the problems.
     """
@@ -109,7 +110,7 @@ def apply_env(
     names.sort(key=lambda name: [(0, int(s), "") if _is_index(s) else (1, 0, s) for s in name.split("__")])
     for name in names:
         try:
-            path, leaf = _resolve(name)
+            path, leaf = _resolve(name, root, tree)
             trial = copy.deepcopy(tree)
             _assign(trial, path, leaf, env[name])
         except (_EnvError, ValueError) as exc:
@@ -124,17 +125,20 @@ def _is_index(part: str) -> bool:
     return part.isascii() and part.isdigit()
 
 
-def _resolve(name: str) -> tuple[KeyPath, Kind]:
-    """The key path a variable names and the kind of its value, checked against ``keys.ROOT`` only."""
+def _resolve(name: str, root: Table = ROOT, tree: Any = None) -> tuple[KeyPath, Kind]:
+    """The key path a variable names and the kind of its value, checked against the key tree ``root``
+    only (an entry of an array of tables by variant, e.g. a listener by its protocol, as ``tree`` has it)."""
     parts = name[len(ENV_PREFIX) :].split("__")
     if not all(parts):
         raise _EnvError(
             "malformed name: parts are separated by a double underscore, e.g. FERRYMAN_LOG__LEVEL"
         )
     path: list[str | int] = []
-    node: Node = ROOT
+    node: Node = root
+    cursor: Any = tree  # the part of the tree at ``path``, when there is one
     for part in (p.lower() for p in parts):
         if isinstance(node, Table):
+            cursor = cursor.get(part) if isinstance(cursor, dict) else None
             if part not in node.keys:
                 hint = suggest(part, list(node.keys))
                 where = f" in {_dotted(path)}" if path else ""
@@ -148,8 +152,10 @@ def _resolve(name: str) -> tuple[KeyPath, Kind]:
                 raise _EnvError(
                     f"{_dotted(path)} is an array of tables: give an index, e.g. {env_name((*path, 0, part))}"
                 )
-            path.append(int(part))
-            node = node.item
+            index = int(part)
+            path.append(index)
+            cursor = cursor[index] if isinstance(cursor, list) and index < len(cursor) else None
+            node = node.item_for(cursor)
         elif node is Kind.FREE:
             path.append(part)  # free-form options: any key, nested tables allowed
         else:

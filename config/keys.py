@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["ROOT", "Kind", "Node", "Table", "TableArray"]
+__all__ = ["LISTENER_TABLE", "ROOT", "Kind", "Node", "Table", "TableArray"]
 
 
 class Kind(enum.Enum):
@@ -32,9 +32,21 @@ class Table:
 
 @dataclass(frozen=True, slots=True)
 class TableArray:
-    """An array of tables (``[[listener]]``); entries are addressed by index."""
+    """An array of tables (``[[listener]]``); entries are addressed by index. With ``by``, an entry's
+    keys depend on the value of its key ``by`` (a listener's ``protocol``): ``variants`` maps a value to
+    the entry's table, ``item`` is every variant's keys together (for entries of an unknown variant)."""
 
     item: Table
+    by: str = ""
+    variants: Mapping[str, Table] = field(default_factory=dict)
+
+    def item_for(self, entry: object) -> Table:
+        """The table of one entry (the parsed TOML table), by its ``by`` key."""
+        if self.by and isinstance(entry, Mapping):
+            value = entry.get(self.by)
+            if isinstance(value, str) and value in self.variants:
+                return self.variants[value]
+        return self.item
 
 
 Node = Kind | Table | TableArray
@@ -59,7 +71,9 @@ _TARGET_TLS = Table(
     {"ca_file": Kind.STR, "cert_file": Kind.STR, "key_file": Kind.STR, "server_name": Kind.STR}
 )
 
-_LISTENER = Table(
+# The common and the shared listener keys; a listener kind (listener_kinds.py) says which shared ones it
+# takes and adds its own.
+LISTENER_TABLE = Table(
     {
         "name": Kind.STR,
         "protocol": Kind.STR,
@@ -67,7 +81,7 @@ _LISTENER = Table(
         "target": Kind.STR,
         "path_prefix": Kind.STR,
         "tls": _TLS,
-        "psk": Kind.FREE,  # coap: DTLS pre-shared keys, identity = "key"
+        "psk": Kind.FREE,  # DTLS pre-shared keys, identity = "key"
         "target_tls": _TARGET_TLS,
         "allowed_origins": Kind.STRS,
         "bypass": Kind.STRS,
@@ -84,15 +98,15 @@ _LISTENER = Table(
         "rate_limit_action": Kind.STR,
         "socket_buffer": Kind.INT,
         "flood_batch_wait": Kind.FLOAT,
-        "max_user_properties": Kind.INT,  # mqtt / mqtt-ws
-        "max_topic_filters": Kind.INT,  # mqtt / mqtt-ws
-        "max_observations": Kind.INT,  # coap
-        "max_observations_per_peer": Kind.INT,  # coap
-        "observe_check_interval": Kind.FLOAT,  # coap
-        "header_timeout": Kind.FLOAT,  # http
-        "body_timeout": Kind.FLOAT,  # http
-        "idle_timeout": Kind.FLOAT,  # http
-        "forward_authorization": Kind.BOOL,  # http
+        "max_user_properties": Kind.INT,
+        "max_topic_filters": Kind.INT,
+        "max_observations": Kind.INT,
+        "max_observations_per_peer": Kind.INT,
+        "observe_check_interval": Kind.FLOAT,
+        "header_timeout": Kind.FLOAT,
+        "body_timeout": Kind.FLOAT,
+        "idle_timeout": Kind.FLOAT,
+        "forward_authorization": Kind.BOOL,
     }
 )
 
@@ -112,7 +126,7 @@ ROOT = Table(
         "shutdown_timeout": Kind.FLOAT,
         "log": Table({"level": Kind.STR, "format": Kind.STR}),
         "metrics": Table({"address": Kind.STR}),
-        "listener": TableArray(_LISTENER),
+        "listener": TableArray(LISTENER_TABLE),
         "auth": Table(
             {
                 "handler": Kind.STR,

@@ -6,29 +6,20 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .build import build_settings
 from .env import apply_env
 from .errors import SettingIssue, SettingsError
-from .keys import ROOT
+from .listener_kinds import ListenerKind, root_keys
 from .reader import Context, TableReader
 from .schema import Settings
 
-__all__ = ["DEFAULTS_SOURCE", "DEFAULT_LISTENER", "EXAMPLE_FILE", "default_settings", "load_settings"]
+__all__ = ["DEFAULTS_SOURCE", "EXAMPLE_FILE", "default_settings", "load_settings"]
 
 DEFAULTS_SOURCE = "<defaults>"
-
-# The embedded default listener, used when the file has no `listener` key at all (write `listener = []` for
-# none). Loopback on purpose: the default auth handler is allow-all.
-DEFAULT_LISTENER: Mapping[str, str] = {
-    "name": "mqtt",
-    "protocol": "mqtt",
-    "address": "127.0.0.1:1884",
-    "target": "tcp://127.0.0.1:1883",
-}
 
 # A commented settings file using every key, shipped with the package.
 EXAMPLE_FILE = Path(__file__).with_name("example.toml")
@@ -36,21 +27,39 @@ EXAMPLE_FILE = Path(__file__).with_name("example.toml")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
-def default_settings() -> Settings:
-    """The embedded defaults: one MQTT listener on 127.0.0.1:1884 in front of tcp://127.0.0.1:1883, allow-all
-    authorization, everything else at its default."""
-    return load_settings(None, env={})
+def default_settings(
+    *, kinds: Mapping[str, ListenerKind] | None = None, default_listeners: Sequence[Mapping[str, Any]] = ()
+) -> Settings:
+    """The embedded defaults: the ``default_listeners``, allow-all authorization, everything else at its
+    default (``ferryman.wiring.default_settings()`` passes the shipped kinds and default listener)."""
+    return load_settings(None, env={}, kinds=kinds, default_listeners=default_listeners)
 
 
 def load_settings(
-    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    kinds: Mapping[str, ListenerKind] | None = None,
+    default_listeners: Sequence[Mapping[str, Any]] = (),
 ) -> Settings:
     """Load the settings file at ``path`` (the embedded defaults when None) and apply the ``FERRYMAN_*``
     overrides of ``env`` (``os.environ`` when None).
 
+    ``kinds``: the listener kinds by protocol name (``listener_kinds.py``): which protocols a
+    ``[[listener]]`` may name, and each one's keys and checks; the caller wires them (the config layer
+    knows no protocol; ``ferryman.wiring.load_settings`` passes the shipped and plugged-in ones).
+    ``default_listeners``: the ``[[listener]]`` tables used when the file has no ``listener`` key at all
+    (write ``listener = []`` for none).
+
     Raises :class:`SettingsError` listing every problem: TOML syntax, unknown keys, wrong types, bad values,
     missing keys, duplicates, missing files, bad environment variables.
     """
+    if kinds is None:
+        raise TypeError(
+            "load_settings() needs the listener kinds (kinds=...): the config layer knows no protocol. "
+            "Use ferryman.load_settings() / ferryman.wiring.load_settings(), which pass the shipped and "
+            "plugged-in ones"
+        )
     environ = os.environ if env is None else env
     if path is None:
         source, raw, base_dir = DEFAULTS_SOURCE, {}, os.curdir
@@ -70,10 +79,11 @@ def load_settings(
             )
         base_dir = os.path.dirname(os.path.abspath(source))
     if "listener" not in raw:
-        raw["listener"] = [dict(DEFAULT_LISTENER)]
-    tree, origin, env_issues = apply_env(raw, environ)
+        raw["listener"] = [dict(listener) for listener in default_listeners]
+    root = root_keys(kinds)
+    tree, origin, env_issues = apply_env(raw, environ, root)
     ctx = Context(base_dir=base_dir, env_origin=origin)
-    settings = build_settings(TableReader(ctx, (), tree, ROOT), source)
+    settings = build_settings(TableReader(ctx, (), tree, root), source, kinds)
     issues = ctx.issues + env_issues
     if issues:
         raise SettingsError(source, issues)

@@ -12,8 +12,9 @@ MASK = "****"
 # Fields of the typed settings that hold secrets. (key_file is a path, not a secret: it stays visible.)
 SECRET_FIELDS = frozenset({"password", "password_hash", "secret"})
 
-# Free-form tables of the typed settings whose every value is a secret (their keys stay visible): a coap
-# listener's [listener.psk] maps DTLS identities to pre-shared keys.
+# Free-form tables of the typed settings whose every value is a secret (their keys stay visible): a
+# listener's [listener.psk] maps DTLS identities to pre-shared keys. (A listener kind's own secret keys are
+# masked by ListenerOptions.masked(), schema.py.)
 SECRET_TABLES = frozenset({"psk"})
 
 # In free-form tables (handler options) any key containing one of these words is a secret.

@@ -1,5 +1,6 @@
-"""Addresses (``host:port``) and upstream targets (``scheme://host:port/path``): parsing and the rules of
-which target scheme fits which listener protocol."""
+"""Addresses (``host:port``) and upstream targets (``scheme://host:port/path``): parsing, and the URL
+schemes a target may have with their default ports. Which schemes fit which listener, each listener kind
+says (``listener_kinds.py``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "DEFAULT_PORTS",
     "PUBLISH_TARGET",
-    "SCHEMES_BY_PROTOCOL",
+    "SECURE_SCHEMES",
     "Target",
     "format_address",
     "parse_address",
@@ -30,20 +31,14 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "coap": 5683,
     "coaps": 5684,
 }
-_SECURE_SCHEMES = frozenset({"tls", "wss", "https", "coaps"})
+#: Target schemes that use TLS (DTLS for coaps).
+SECURE_SCHEMES: tuple[str, ...] = ("tls", "wss", "https", "coaps")
 # Schemes whose URLs may carry a path (a WebSocket endpoint, an HTTP or CoAP prefix).
 _PATH_SCHEMES = frozenset({"ws", "wss", "http", "https", "coap", "coaps"})
 
-# The literal target of http and coap listeners that turn requests into MQTT publishes via the router.
+# The literal target of listeners that turn requests into MQTT publishes via the bridge (publish mode);
+# which listener kinds allow it, each kind says (its ``target_schemes``, listener_kinds.py).
 PUBLISH_TARGET = "mqtt"
-
-# Which target schemes each listener protocol can forward to.
-SCHEMES_BY_PROTOCOL: Mapping[str, tuple[str, ...]] = {
-    "mqtt": ("tcp", "tls"),
-    "mqtt-ws": ("ws", "wss", "tcp", "tls"),
-    "http": ("http", "https", PUBLISH_TARGET),
-    "coap": ("coap", "coaps", PUBLISH_TARGET),
-}
 
 _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?"
@@ -120,7 +115,7 @@ class Target:
     @property
     def secure(self) -> bool:
         """True when the upstream connection uses TLS (tls, wss, https, coaps)."""
-        return self.scheme in _SECURE_SCHEMES
+        return self.scheme in SECURE_SCHEMES
 
     @property
     def address(self) -> str:

@@ -84,13 +84,15 @@ _MISSING: Any = object()
 class TableReader:
     """Reads one table of the tree described by ``keys.ROOT``. Unknown keys are reported on creation."""
 
-    def __init__(self, ctx: Context, path: KeyPath, data: Mapping[str, Any], spec: Table) -> None:
+    def __init__(
+        self, ctx: Context, path: KeyPath, data: Mapping[str, Any], spec: Table, check_unknown: bool = True
+    ) -> None:
         self.ctx = ctx
         self.path = path
         self.data = data
         self.spec = spec
         known = list(spec.keys)
-        for key in data:
+        for key in data if check_unknown else ():
             if key not in spec.keys:
                 hint = suggest(key, known)
                 more = f" (did you mean {hint!r}?)" if hint else f"; known keys: {', '.join(known)}"
@@ -152,6 +154,26 @@ class TableReader:
             bound = ">= 0 (0 turns it off)" if allow_zero else "> 0"
             self.report(key, f"must be a finite number {bound}, got {value}")
         return float(value)
+
+    def number(self, key: str, default: float, low: float | None, high: float | None) -> float:
+        """A finite number (TOML integers are accepted) within ``low``..``high`` (None: unbounded)."""
+        value = self._value(key, Kind.FLOAT)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self._wrong_type(key, Kind.FLOAT, value)
+            return default
+        if not math.isfinite(value):
+            self.report(key, f"must be a finite number, got {value}")
+        elif (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"{'' if low is None else low}..{'' if high is None else high}"
+            self.report(key, f"{value} is out of range {bounds}")
+        return float(value)
+
+    def with_spec(self, spec: Table) -> TableReader:
+        """The same table read against another key tree (a listener's kind's), without reporting unknown
+        keys again."""
+        return TableReader(self.ctx, self.path, self.data, spec, check_unknown=False)
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self._value(key, Kind.BOOL)
@@ -221,7 +243,15 @@ class TableReader:
         readers = []
         for index, item in enumerate(value):
             if isinstance(item, Mapping):
-                readers.append(TableReader(self.ctx, (*self.path, key, index), item, spec.item))
+                # An entry of a variant (a listener of a known protocol) has its variant's keys; one naming
+                # an unknown variant gets that one error, not one per key of a kind that isn't there.
+                by = item.get(spec.by) if spec.by else None
+                unknown_variant = isinstance(by, str) and by not in spec.variants
+                readers.append(
+                    TableReader(
+                        self.ctx, (*self.path, key, index), item, spec.item_for(item), not unknown_variant
+                    )
+                )
             else:
                 self.ctx.report((*self.path, key, index), f"expected a table, got {describe(item)}")
         return readers

@@ -8,7 +8,7 @@ from typing import Any
 
 from .frozen import thaw
 from .masking import MASK, SECRET_FIELDS, SECRET_TABLES, mask_secret_table, mask_secrets
-from .schema import Settings
+from .schema import ListenerOptions, Settings
 from .toml_writer import dumps
 
 __all__ = ["render_settings", "settings_to_dict"]
@@ -33,7 +33,11 @@ def _to_dict(obj: Any, mask: bool) -> dict[str, Any]:
     for f in fields(obj):
         if f.name in _NOT_KEYS:
             continue
-        value = _to_plain(getattr(obj, f.name), mask)
+        raw = getattr(obj, f.name)
+        if isinstance(raw, ListenerOptions):  # a listener kind's own keys: flat in the listener's table
+            out.update(raw.masked() if mask else thaw(raw))
+            continue
+        value = _to_plain(raw, mask)
         if value is None or value == {} or (value == [] and f.name in _OMIT_WHEN_EMPTY):
             continue
         if mask and f.name in SECRET_FIELDS and value:

@@ -3,11 +3,11 @@ validation, so an instance built by hand is taken as given."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .frozen import FrozenMap
+from .frozen import FrozenMap, thaw
 from .masking import MASK, SECRET_FIELDS, SECRET_TABLES, mask_secret_table, mask_secrets
 from .network import Target, parse_address, parse_target
 
@@ -18,6 +18,7 @@ __all__ = [
     "BridgeXmppSettings",
     "HandlerSettings",
     "JidRuleSettings",
+    "ListenerOptions",
     "ListenerSettings",
     "LogSettings",
     "MetricsSettings",
@@ -36,6 +37,8 @@ def _masked_repr(self: Any) -> str:
         value = getattr(self, f.name)
         if f.name in SECRET_FIELDS and value:
             text = repr(MASK)
+        elif isinstance(value, ListenerOptions):
+            text = repr(value.masked())
         elif f.name in SECRET_TABLES and isinstance(value, Mapping):
             text = repr(mask_secret_table(value))
         elif isinstance(value, Mapping):
@@ -100,20 +103,47 @@ class TargetTlsSettings:
     server_name: str = ""  # SNI and the name checked in the target's certificate; "" = the target's host
 
 
+class ListenerOptions(FrozenMap):
+    """A listener's own keys (the ones its kind declares, see ``listener_kinds.py``), converted and
+    checked by the loader; ``secret_keys`` are masked when printed (repr, ``ferryman check --print``), as
+    are keys named like a secret (``*password*``, ``*token*``...)."""
+
+    __slots__ = ("secret_keys",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None, secret_keys: Iterable[str] = ()) -> None:
+        super().__init__(data)
+        self.secret_keys = frozenset(secret_keys)
+
+    def masked(self) -> dict[str, Any]:
+        plain = mask_secrets(thaw(self))
+        for key in self.secret_keys & set(plain):
+            if plain[key] != "":
+                plain[key] = MASK
+        return plain
+
+    def __repr__(self) -> str:
+        return f"ListenerOptions({self.masked()!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerSettings:
+    """One ``[[listener]]``. The fields after ``target`` are the *shared vocabulary* of the shipped
+    listeners: each listener kind (``listener_kinds.py``, declared by the protocol, not here) says which of
+    them it takes; setting one on a listener whose kind does not take it is an error. A kind's own keys
+    are in ``options``."""
+
     name: str
-    protocol: str  # mqtt | mqtt-ws | http | coap
+    protocol: str  # a listener kind's name (the ferryman.listeners entry point)
     address: str  # host:port, IPv6 as [::1]:1884
-    target: str  # scheme://host:port[/path], or "mqtt" (publish mode) for http and coap
-    path_prefix: str = ""  # mqtt-ws and http
+    target: str  # scheme://host:port[/path], or "mqtt" (publish mode) where the kind allows it
+    path_prefix: str = ""  # URL path prefix served
     tls: TlsSettings | None = None
-    #: coap: DTLS (coaps) with pre-shared keys, PSK identity -> key (UTF-8); secrets: masked when printed
+    #: DTLS (datagram kinds) with pre-shared keys, PSK identity -> key (UTF-8); secrets: masked when printed
     psk: Mapping[str, str] = field(default_factory=FrozenMap)
-    target_tls: TargetTlsSettings | None = None  # for tls:// wss:// https:// targets
-    allowed_origins: tuple[str, ...] = ()  # mqtt-ws: Origin values accepted; empty = any (and none)
-    bypass: tuple[str, ...] = ()  # http reverse proxy: path prefixes forwarded without credentials
-    publish_qos: int = 1  # http/coap publish mode: QoS when the request names none
+    target_tls: TargetTlsSettings | None = None  # for tls:// wss:// https:// coaps:// targets
+    allowed_origins: tuple[str, ...] = ()  # WebSocket: Origin values accepted; empty = any (and none)
+    bypass: tuple[str, ...] = ()  # reverse proxy: path prefixes forwarded without credentials
+    publish_qos: int = 1  # publish mode: QoS when the request names none
     max_packet_size: int = 1048576
     connect_timeout: float = 10.0
     refused_publish_v3: str = "ack"  # ack | disconnect: what an MQTT 3.1.1 client gets for a refused PUBLISH
@@ -125,29 +155,33 @@ class ListenerSettings:
     publish_bytes_rate: float = 0.0  # bytes/s of client packets per connection; 0 = unlimited
     rate_limit_action: str = "throttle"  # throttle (stop reading: TCP backpressure) | disconnect (5.0: 0x96)
     socket_buffer: int = 0  # SO_SNDBUF/SO_RCVBUF of device sockets, bytes; 0 = the OS default
-    #: mqtt / mqtt-ws: seconds a flooded broker side may wait to be read in 16 KiB batches; 0 = off
+    #: MQTT proxying: seconds a flooded broker side may wait to be read in 16 KiB batches; 0 = off
     flood_batch_wait: float = 0.005
-    #: mqtt / mqtt-ws: user properties a client packet may carry (MQTT 5); more: CONNACK / DISCONNECT 0x95
+    #: MQTT proxying: user properties a client packet may carry (MQTT 5); more: CONNACK / DISCONNECT 0x95
     max_user_properties: int = 64
-    #: mqtt / mqtt-ws: topic filters in one SUBSCRIBE / UNSUBSCRIBE; more: DISCONNECT 0x95 (3.1.1: close)
+    #: MQTT proxying: topic filters in one SUBSCRIBE / UNSUBSCRIBE; more: DISCONNECT 0x95 (3.1.1: close)
     max_topic_filters: int = 128
-    #: http: seconds for a request's head (line + headers) to arrive, in total, from its first byte (or
+    #: HTTP: seconds for a request's head (line + headers) to arrive, in total, from its first byte (or
     #: from the accept for a new connection's first request)
     header_timeout: float = 10.0
-    body_timeout: float = 60.0  # http: seconds for a request's whole body to arrive
-    idle_timeout: float = 60.0  # http: seconds a keep-alive connection may wait for its next request
-    forward_authorization: bool = False  # http reverse proxy: pass the client's Authorization header on
-    max_observations: int = 4096  # coap: CoAP observations on this listener at once (all peers)
-    max_observations_per_peer: int = 64  # coap: observations of one peer (address and port)
-    #: coap: seconds an observation may go without a confirmable notification: then the last one is sent
+    body_timeout: float = 60.0  # HTTP: seconds for a request's whole body to arrive
+    idle_timeout: float = 60.0  # HTTP: seconds a keep-alive connection may wait for its next request
+    forward_authorization: bool = False  # reverse proxy: pass the client's Authorization header on
+    max_observations: int = 4096  # CoAP observations on this listener at once (all peers)
+    max_observations_per_peer: int = 64  # CoAP observations of one peer (address and port)
+    #: seconds a CoAP observation may go without a confirmable notification: then the last one is sent
     #: again as CON (RFC 7641 4.5); a peer that does not acknowledge it (or resets it) loses it
     observe_check_interval: float = 120.0
+    #: the keys the listener's kind owns (written flat in its table), converted and checked by the loader
+    options: Mapping[str, Any] = field(default_factory=ListenerOptions)
 
     __repr__ = _masked_repr
 
     def __post_init__(self) -> None:
         if not isinstance(self.psk, FrozenMap):
             object.__setattr__(self, "psk", FrozenMap(self.psk))
+        if not isinstance(self.options, ListenerOptions):
+            object.__setattr__(self, "options", ListenerOptions(self.options))
 
     @property
     def host(self) -> str:

@@ -28,8 +28,8 @@ _EXPORTS = {
     "Message": "ferryman.actors.contracts",
     "TopicMatcher": "ferryman.actors.topics",
     "Settings": "ferryman.config",
-    "load_settings": "ferryman.config",
-    "default_settings": "ferryman.config",
+    "load_settings": "ferryman.wiring",
+    "default_settings": "ferryman.wiring",
     "build_gateway": "ferryman.wiring",
 }
 

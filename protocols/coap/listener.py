@@ -33,6 +33,7 @@ from .auth import is_authenticated, shrink
 from .codec import screen
 from .context import CoapContext
 from .dtls import dtls_bind, dtls_problems, harden, psk_credentials, psk_problems
+from .kind import COAP_KIND
 from .publish import PORT, MqttPort
 
 __all__ = ["CoapListener"]
@@ -54,6 +55,8 @@ class CoapListener(pykka.ThreadingActor):
     """One ``[[listener]]`` with ``protocol = "coap"``: UDP; or DTLS (``coaps``) with pre-shared keys when it
     has ``[listener.psk]`` (aiocoap's tinydtls_server, see dtls.py), with certificates when it has
     ``[listener.tls]`` (a DTLS terminator on OpenSSL in front of a plain endpoint, see dtls_cert.py)."""
+
+    kind = COAP_KIND  # its settings keys and checks, for the loader (ferryman/wiring.py)
 
     @classmethod
     def validate_settings(cls, settings: Any) -> list[str]:
@@ -219,7 +222,7 @@ class CoapListener(pykka.ThreadingActor):
     async def _shutdown(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        shutdown = getattr(self.site, "shutdown", None)  # proxy mode: waits for its upstream context
+        shutdown = getattr(self.site, "shutdown", None)  # proxy mode: ends its relays, closes its upstream
         stop = getattr(self.site, "stop", None)
         if shutdown is not None:
             await shutdown()

@@ -15,6 +15,7 @@ from ferryman.actors.services import ListenerServices
 from ferryman.protocols.tls.server import TlsTerminator
 
 from .app import HttpApp
+from .kind import HTTP_KIND
 from .publish import PORT, Publisher
 from .server import HttpServer
 from .upstream import Upstream
@@ -24,6 +25,8 @@ __all__ = ["HttpListener"]
 
 class HttpListener(pykka.ThreadingActor):
     """One ``[[listener]]`` with ``protocol = "http"`` (plain, TLS or mTLS)."""
+
+    kind = HTTP_KIND  # its settings keys and checks, for the loader (ferryman/wiring.py)
 
     @classmethod
     def validate_settings(cls, settings: Any) -> list[str]:

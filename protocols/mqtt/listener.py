@@ -1,5 +1,5 @@
-"""MQTT listener actors: accept device connections and pair each with a client session actor and an
-upstream session actor.
+"""MQTT listener actors: accept device connections and pair each with a device actor and an upstream
+actor (connection_actors.py) around its ``ProxiedConnection`` (connection.py).
 
 ``MqttServing`` is the per-connection flow every MQTT transport shares (limits, session actors, metrics,
 dialing the target, shutdown); a transport subclass only accepts connections and hands each one to
@@ -25,10 +25,11 @@ from ferryman.protocols.accept import ExhaustionBackoff
 from ferryman.protocols.tls import client as tls_client
 from ferryman.protocols.tls.server import NO_PEER, PeerCertificate, TlsRefused, TlsTerminator
 
+from .connection import ProxiedConnection
+from .connection_actors import MqttDeviceActor, MqttUpstreamActor
 from .context import Dialer, ListenerContext, Stream
-from .proxy import MqttConnection
+from .kind import MQTT_KIND
 from .refusals import connack_code
-from .session import MqttClientSession, MqttUpstreamSession
 
 __all__ = [
     "AcceptServer",
@@ -92,7 +93,7 @@ class MqttServing(pykka.ThreadingActor):
             self.make_dialer(settings),
             self.PROTOCOL,
         )
-        self.connections: set[MqttConnection] = set()
+        self.connections: set[ProxiedConnection] = set()
         self.per_ip: dict[str, int] = {}
         self._open = metrics.connections_open.labels(settings.name)
         self._total = metrics.connections_total.labels(settings.name)
@@ -165,7 +166,7 @@ class MqttServing(pykka.ThreadingActor):
         session actors are made for it."""
         self.ctx.metrics.refusals.labels(self.ctx.name, "connection_limit").inc()
         logger.warning("refusing {}:{}: {}", addr[0], addr[1], why)
-        conn = MqttConnection(self.ctx, stream, addr)
+        conn = ProxiedConnection(self.ctx, stream, addr)
         try:
             if conn.read_connect(timeout=min(2.0, self.ctx.settings.connect_timeout)) is not None:
                 conn.refuse_connect(connack_code(RefusalCode.QUOTA_EXCEEDED, conn.version), why, "")
@@ -182,11 +183,11 @@ class MqttServing(pykka.ThreadingActor):
         if why:
             self._refuse_over_limit(stream, addr, why)
             return
-        conn = MqttConnection(self.ctx, stream, addr)
+        conn = ProxiedConnection(self.ctx, stream, addr)
         conn.peer = peer
-        client = MqttClientSession.start(conn)
-        conn.control = ActorSessionControl(client)
-        refs: list[pykka.ActorRef[Any]] = [client]
+        device = MqttDeviceActor.start(conn)
+        conn.control = ActorSessionControl(device)
+        refs: list[pykka.ActorRef[Any]] = [device]
         self.connections.add(conn)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self._open.inc()
@@ -213,8 +214,8 @@ class MqttServing(pykka.ThreadingActor):
         finally:
             conn.close(conn.close_reason or "ended")
 
-    def _dial(self, conn: MqttConnection, refs: list[pykka.ActorRef[Any]]) -> Stream:
-        upstream = MqttUpstreamSession.start(conn)
+    def _dial(self, conn: ProxiedConnection, refs: list[pykka.ActorRef[Any]]) -> Stream:
+        upstream = MqttUpstreamActor.start(conn)
         refs.append(upstream)
         timeout = self.ctx.settings.connect_timeout
         try:
@@ -227,6 +228,8 @@ class MqttServing(pykka.ThreadingActor):
 class MqttListener(MqttServing):
     """One ``[[listener]]`` with ``protocol = "mqtt"``: plain TCP, or TLS / mTLS with ``[listener.tls]``;
     the target is ``tcp://`` or ``tls://``."""
+
+    kind = MQTT_KIND  # its settings keys and checks, for the loader (ferryman/wiring.py)
 
     def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
         super().__init__(settings, chain, metrics)

@@ -23,11 +23,12 @@ from loguru import logger
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 from ferryman.protocols.accept import ExhaustionBackoff
-from ferryman.protocols.mqtt.listener import Dialer, MqttServing
-from ferryman.protocols.mqtt.proxy import Stream
+from ferryman.protocols.mqtt.context import Dialer, Stream
+from ferryman.protocols.mqtt.listener import MqttServing
 from ferryman.protocols.tls.server import NO_PEER, PeerCertificate
 
-from .client import dial_websocket
+from .dialer import dial_websocket
+from .kind import MQTT_WS_KIND
 from .stream import WebSocketStream
 
 __all__ = ["SUBPROTOCOLS", "MqttWsListener", "choose_subprotocol"]
@@ -266,6 +267,8 @@ class _Server(ExhaustionBackoff, WSGIServer):  # type: ignore[misc]
 class MqttWsListener(MqttServing):
     """One ``[[listener]]`` with ``protocol = "mqtt-ws"``: plain, TLS or mTLS (``[listener.tls]``); the
     target is ``ws://`` / ``wss://`` (a WebSocket client offering ``mqtt``) or ``tcp://`` / ``tls://``."""
+
+    kind = MQTT_WS_KIND  # its settings keys and checks, for the loader (ferryman/wiring.py)
 
     PROTOCOL: ClassVar[str] = "mqtt-ws"
     SCHEMES: ClassVar[tuple[str, ...]] = ("ws", "wss", "tcp", "tls")

@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ferryman import Gateway, Grant, HandlerActor, Refusal, RefusalCode, Session
-from ferryman.config import load_settings
 from ferryman.protocols.mqtt.packets import Disconnect, Pingreq, Pingresp
-from ferryman.wiring import HANDLERS, LISTENERS
+from ferryman.wiring import HANDLERS, LISTENERS, load_settings
 from tests.rawclient import RawClient
 from tests.servers import Mosquitto, free_port, uid
 

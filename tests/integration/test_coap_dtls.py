@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ferryman.config import load_settings
 from ferryman.protocols.coap.dtls import MAX_KEY_BYTES, psk_credentials
 from ferryman.protocols.coap.listener import CoapListener
+from ferryman.wiring import load_settings
 from tests.coap_support import free_udp_ports, libcoap_server
 from tests.http_support import Subscriber
 from tests.servers import GatewayProcess, Mosquitto

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from OpenSSL import SSL
 
-from ferryman.config import load_settings
 from ferryman.protocols.coap.dtls_cert import DtlsTerminator, split_records
 from ferryman.protocols.coap.listener import CoapListener
+from ferryman.wiring import load_settings
 from tests.coap_support import free_udp_ports, libcoap_server
 from tests.http_support import Subscriber
 from tests.integration.test_coap_dtls import _client

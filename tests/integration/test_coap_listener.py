@@ -16,9 +16,9 @@ import aiocoap
 import pytest
 from aiocoap.numbers.codes import Code
 
-from ferryman.config import load_settings
 from ferryman.protocols.coap.auth import INVALID, Credentials, action_of, credentials_of, without_auth
 from ferryman.protocols.coap.listener import CoapListener
+from ferryman.wiring import load_settings
 from tests.servers import GatewayProcess, Mosquitto
 
 CONFIG = """

@@ -24,8 +24,7 @@ import gevent
 import pytest
 
 from ferryman import Gateway, Grant, HandlerActor, Refusal, Session
-from ferryman.config import load_settings
-from ferryman.wiring import HANDLERS, LISTENERS
+from ferryman.wiring import HANDLERS, LISTENERS, load_settings
 from tests.coap_support import (
     ACK,
     CON,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ferryman.config import load_settings
+from ferryman.wiring import load_settings
 from tests.servers import REPO, mosquitto_config
 
 COMPOSE = REPO / "docker-compose.yml"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ferryman.config import ListenerSettings, SettingsError, env_name, load_settings
+from ferryman.config import ListenerSettings, SettingsError, env_name
+from ferryman.wiring import load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -14,13 +14,12 @@ from ferryman.config import (
     HandlerSettings,
     Settings,
     UserSettings,
-    default_settings,
-    load_settings,
     mask_secrets,
     render_settings,
     settings_to_dict,
 )
 from ferryman.config.toml_writer import dumps
+from ferryman.wiring import default_settings, load_settings
 
 SECRETS = """
 [[listener]]

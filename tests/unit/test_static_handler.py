@@ -11,7 +11,7 @@ import pytest
 from ferryman.actors.contracts import Grant, Refusal, Session
 from ferryman.bridge import static
 from ferryman.bridge.passwords import hash_password
-from ferryman.config import load_settings
+from ferryman.wiring import load_settings
 
 
 def settings(tmp_path: Path, users: str) -> Any:

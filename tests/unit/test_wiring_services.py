@@ -15,8 +15,7 @@ from ferryman.actors.contracts import Refusal
 from ferryman.actors.gateway import Built, Gateway, GatewayError, ListenerServices
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
-from ferryman.config import load_settings
-from ferryman.wiring import HANDLERS, LISTENERS
+from ferryman.wiring import HANDLERS, LISTENERS, load_settings
 from tests.servers import free_port
 
 NEEDS_BRIDGE = 'publish mode (target = "mqtt") needs the bridge\'s MQTT session: add a [bridge.mqtt] table'
