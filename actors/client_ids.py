@@ -50,7 +50,7 @@ REFUSED_RESERVED = "reserved"
 
 
 class Holder(Protocol):
-    """A connection holding a client id (``MqttConnection``)."""
+    """A connection holding a client id (``ProxiedConnection``)."""
 
     def taken_over(self) -> None:
         """A newer connection with the same client id is about to reach the broker, which will drop

@@ -1,6 +1,6 @@
 """What one MQTT listener's connections share, and the stream shape the pumps read and write.
 
-Below ``proxy`` (the connection) and ``listener`` (which makes the context), so neither imports the other
+Below ``connection`` (which uses the context) and ``listener`` (which makes it), so neither imports the other
 for these types.
 """
 

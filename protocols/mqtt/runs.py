@@ -79,7 +79,7 @@ def same_known_topic(
     """True when every PUBLISH of a run (``count`` packets of ``size`` bytes from ``start``, variable
     header at ``body``) has a topic in ``known`` and nothing that could change the answer: no properties
     (so no topic alias) and, for QoS 1 and 2, a packet identifier that is not 0. The run-wide version of
-    the per-packet check in ``pump._known_topic``. False (decide packet by packet) also when topics of
+    the per-packet check in ``dataplane._known_topic``. False (decide packet by packet) also when topics of
     another length than the first one's are in the run, or the topic changes more than every TOPIC_SPAN
     packets."""
     hl = body - start

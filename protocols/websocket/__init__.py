@@ -1,7 +1,7 @@
 """ferryman.protocols.websocket: MQTT over WebSocket (the ``mqtt-ws`` listener and ``ws://`` / ``wss://``
 upstreams) with a fast RFC 6455 frame codec for the data plane."""
 
-from .client import dial_websocket
+from .dialer import dial_websocket
 from .listener import SUBPROTOCOLS, MqttWsListener, choose_subprotocol
 from .stream import WebSocketError, WebSocketStream
 

@@ -1,4 +1,4 @@
-"""A WebSocket connection as the byte stream MQTT's pumps read and write (``protocols.mqtt.proxy.Stream``).
+"""A WebSocket connection as the byte stream MQTT's pumps read and write (``protocols.mqtt.context.Stream``).
 
 ``recv`` returns the payload bytes of binary frames (whatever a read completed, not aligned to frames or
 MQTT packets); ping, pong and close frames are answered here. ``sendall`` sends one binary frame. A text

@@ -148,8 +148,8 @@ def test_the_graph_covers_every_layer() -> None:
     """The walk goes through the symlinked folders and sees imports (so the checks below are not vacuous)."""
     graph = product_graph()
     assert {LAYERS[layer(m)] for m in graph} == set(LAYERS)
-    assert "ferryman.protocols.mqtt.proxy" in graph
-    assert "ferryman.protocols.mqtt.pump" in graph["ferryman.protocols.mqtt.proxy"]
+    assert "ferryman.protocols.mqtt.connection" in graph
+    assert "ferryman.protocols.mqtt.dataplane" in graph["ferryman.protocols.mqtt.connection"]
 
 
 def test_no_import_circles() -> None:
@@ -173,3 +173,85 @@ def test_the_checks_catch_a_circle_and_an_upward_import() -> None:
     }
     assert cycles(graph) == [["ferryman.actors.a", "ferryman.actors.b"]]
     assert upward_imports(graph) == ["ferryman.actors.b (actors) -> ferryman.bridge.c (bridge)"]
+
+
+#: The developer tooling (dev PKI, OCSP responder, HTTP echo): a package of its own beside ``ferryman``.
+DEVTOOLS = "ferryman_devtools"
+#: The runtime layers: what a running gateway loads. Only the face may reach the tooling, and lazily.
+RUNTIME = LAYERS[:-1]
+
+
+def imported_names(path: Path) -> list[str]:
+    """The absolute modules one file imports from, anywhere in it (relative imports stay in their package)."""
+    names: list[str] = []
+    for node in import_nodes(path):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return names
+
+
+def devtools_imports(mods: dict[str, Path]) -> list[str]:
+    """``module -> name`` for every import of the developer tooling by a runtime module."""
+    return [
+        f"{module} ({LAYERS[layer(module)]}) -> {name}"
+        for module, path in sorted(mods.items())
+        if LAYERS[layer(module)] in RUNTIME
+        for name in dict.fromkeys(imported_names(path))
+        if name == DEVTOOLS or name.startswith(DEVTOOLS + ".")
+    ]
+
+
+def eager_devtools_imports(mods: dict[str, Path]) -> list[str]:
+    """Face modules importing the developer tooling at module level (``ferryman run`` would load it)."""
+    found: list[str] = []
+    for module, path in sorted(mods.items()):
+        if LAYERS[layer(module)] in RUNTIME:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found += [f"{module} -> {n}" for n in names if n == DEVTOOLS or n.startswith(DEVTOOLS + ".")]
+    return found
+
+
+def test_runtime_packages_never_import_the_developer_tooling() -> None:
+    found = devtools_imports(modules())
+    assert not found, f"runtime modules importing {DEVTOOLS}:\n" + "\n".join(found)
+
+
+def test_the_face_imports_the_developer_tooling_only_inside_its_commands() -> None:
+    mods = modules()
+    # Not vacuous: the CLI's commands (certs, responder, http-echo) do import it, inside their functions.
+    assert any(n.startswith(DEVTOOLS + ".") for n in imported_names(mods["ferryman.cli"]))
+    found = eager_devtools_imports(mods)
+    assert not found, f"module-level imports of {DEVTOOLS}:\n" + "\n".join(found)
+
+
+def test_the_developer_tooling_is_a_package_of_its_own() -> None:
+    """Moved out of ``ferryman.protocols``: nothing of it is left in the runtime package."""
+    mods = modules()
+    tooling = ROOT.parent / DEVTOOLS
+    assert {p.stem for p in tooling.glob("*.py")} >= {"__init__", "pki", "pki_extra", "responder", "echo"}
+    moved = ("tls.pki", "tls.pki_extra", "tls.responder", "http.echo")
+    left = [m for m in mods if m.removeprefix("ferryman.protocols.") in moved]
+    assert not left, f"developer tooling still in the runtime package: {left}"
+
+
+def test_the_devtools_checks_catch_an_import(tmp_path: Path) -> None:
+    (tmp_path / "lazy.py").write_text("def f():\n    from ferryman_devtools.pki import write_dev_pki\n")
+    (tmp_path / "eager.py").write_text("import ferryman_devtools.responder\n")
+    (tmp_path / "clean.py").write_text('"""ferryman_devtools named in a docstring only."""\nimport json\n')
+    mods = {
+        "ferryman.protocols.tls.lazy": tmp_path / "lazy.py",
+        "ferryman.bridge.clean": tmp_path / "clean.py",
+        "ferryman.cli": tmp_path / "eager.py",
+    }
+    assert devtools_imports(mods) == ["ferryman.protocols.tls.lazy (protocols) -> ferryman_devtools.pki"]
+    assert eager_devtools_imports(mods) == ["ferryman.cli -> ferryman_devtools.responder"]

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ferryman.protocols.mqtt import codec, runs
+from ferryman.protocols.mqtt.dataplane import _known_topic
 from ferryman.protocols.mqtt.framing import Framer
 from ferryman.protocols.mqtt.packets import Publish
-from ferryman.protocols.mqtt.pump import _known_topic
 from ferryman.protocols.websocket.frames import OP_PING, FrameDecoder, encode_frame
 
 SETTINGS = settings(max_examples=60, deadline=None)

@@ -1,8 +1,9 @@
-"""The two actors of one proxied MQTT connection.
+"""The two actors of one proxied MQTT connection (control plane; the bytes never pass through them).
 
-``MqttClientSession`` is the device side: it receives control-plane messages (a new grant, a disconnect
-order) and applies them to the connection. ``MqttUpstreamSession`` dials the target and runs the downlink
+``MqttDeviceActor`` is the device side: it receives control-plane messages (a new grant, a disconnect
+order) and applies them to the connection. ``MqttUpstreamActor`` dials the target and runs the downlink
 pump in its own greenlet. The uplink pump runs in the listener's handler greenlet for the connection.
+Both act on the connection (connection.py) through its public methods only.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from loguru import logger
 from ferryman.actors.contracts import Grant, Refusal
 from ferryman.actors.session import ClientSessionActor, UpstreamSessionActor
 
-from .proxy import MqttConnection, Stream
+from .connection import ProxiedConnection
+from .context import Stream
 
-__all__ = ["MqttClientSession", "MqttUpstreamSession"]
+__all__ = ["MqttDeviceActor", "MqttUpstreamActor"]
 
 
-class MqttClientSession(ClientSessionActor):
-    def __init__(self, conn: MqttConnection) -> None:
+class MqttDeviceActor(ClientSessionActor):
+    """The device side of one proxied connection: applies grants and disconnect orders to it."""
+
+    def __init__(self, conn: ProxiedConnection) -> None:
         super().__init__()
         self.conn = conn
 
@@ -37,12 +41,8 @@ class MqttClientSession(ClientSessionActor):
                 self.disconnect(decision)
                 return
             grant = decision
-        if self.conn.grant.interceptors != grant.interceptors and self.conn.version == 5:
-            # Interceptors change topics; aliases learned under the old ones must be re-sent in full.
-            self.conn._unlearned_up.update(self.conn._alias_up)
-            self.conn._unlearned_down.update(self.conn._alias_down)
-        self.conn.set_grant(grant)
-        logger.info("new grant for {!r}: {!r}", self.conn.session, grant)
+        conn.set_grant(grant)
+        logger.info("new grant for {!r}: {!r}", conn.session, grant)
 
     def disconnect(self, refusal: Refusal) -> None:
         logger.info("disconnecting {!r}: {}", self.conn.session, refusal.reason or refusal.code.value)
@@ -53,13 +53,15 @@ class MqttClientSession(ClientSessionActor):
         self.conn.close(reason)
 
 
-class MqttUpstreamSession(UpstreamSessionActor):
+class MqttUpstreamActor(UpstreamSessionActor):
+    """The broker side of one proxied connection: dials the target, runs the downlink pump."""
+
     CALLS = UpstreamSessionActor.CALLS | {"dial", "start_downlink"}
 
-    def __init__(self, conn: MqttConnection) -> None:
+    def __init__(self, conn: ProxiedConnection) -> None:
         super().__init__()
         self.conn = conn
-        self._pump: gevent.Greenlet | None = None
+        self._downlink: gevent.Greenlet | None = None
 
     def dial(self, timeout: float) -> Stream:
         """The listener's dialer: a TCP or TLS socket (with the listener's client context, made once), or a
@@ -67,7 +69,7 @@ class MqttUpstreamSession(UpstreamSessionActor):
         return self.conn.ctx.dial(timeout)
 
     def start_downlink(self) -> None:
-        self._pump = gevent.spawn(self.conn.downlink)
+        self._downlink = gevent.spawn(self.conn.downlink)
 
     def on_close(self, reason: str) -> None:
         self.conn.close(reason)

@@ -1,9 +1,12 @@
-"""One proxied MQTT connection: the data plane between a device socket and its upstream broker socket.
+"""One proxied MQTT connection: a device socket, its upstream broker socket, and the state between them.
 
-Each direction is one greenlet running ``uplink`` or ``downlink``: read a chunk, frame every packet in it,
-look only at the packets the grant must judge, and write the chunk on with one ``sendall``. Packets nobody
-changes reach the other side byte for byte. The session actors (session.py) own the lifecycle and apply
-control messages (a new grant, a disconnect order) to this object.
+``ProxiedConnection`` owns everything of one connection: the two sockets, the CONNECT handshake, the grant,
+the state of each direction (``up`` and ``down``, a ``dataplane.DirectionState`` each) and the close. Each
+direction is one greenlet, its pump, running ``uplink`` or ``downlink``: read a chunk, frame every packet in
+it, let ``dataplane.process_up`` / ``process_down`` look at the packets the grant must judge, and write the
+chunk on with one ``sendall``. Packets nobody changes reach the other side byte for byte. The connection's
+actors (connection_actors.py) own the lifecycle and apply control messages (a new grant, a disconnect
+order) through this object's public methods.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from ferryman.actors.intercept import run_interceptors
 from ferryman.actors.metrics import PacketCounters
 from ferryman.protocols.tls.server import NO_PEER
 
-from . import codec, pump
+from . import codec
 from .coalesce import ReadCoalescer
 from .codec import Limits
 from .constants import ConnackV3, ReasonCode
 from .context import ListenerContext, Stream
+from .dataplane import AckPlans, DirectionState, process_down, process_up
 from .errors import (
     MessageRateTooHigh,
     MqttError,
@@ -49,7 +53,7 @@ from .limits import RateLimiter
 from .packets import Connack, Connect, Disconnect
 from .refusals import connack_code, disconnect_code, metric_reason
 
-__all__ = ["MqttConnection", "Stream"]
+__all__ = ["ProxiedConnection"]
 
 CHUNK = 65536
 # The pumps yield to the other greenlets regularly: gevent switches only when a socket would block, and a
@@ -61,6 +65,8 @@ FAIR_READS_DOWN = 8
 CONNECT = 1
 REASON_STRING = 31  # MQTT 5 properties
 AUTHENTICATION_METHOD = 21
+SERVER_KEEP_ALIVE = 19
+TOPIC_ALIAS_MAXIMUM = 34
 KEEP_ALIVE_TIMEOUT = 0x8D
 CLIENT_IDENTIFIER_NOT_VALID = 0x85
 SESSION_EXPIRY_INTERVAL = 0x11
@@ -71,12 +77,13 @@ MAX_EARLY_REPLIES = 1000  # answers held back until the broker's CONNACK (bounds
 TAKEOVER_WINDOW = 30.0
 
 
-class MqttConnection:
-    """State shared by the two pumps of one connection. Used only from this connection's greenlets."""
+class ProxiedConnection:
+    """One device connection and its upstream: the owner of all its state. Used only from this
+    connection's greenlets (its two pumps and its actors')."""
 
     def __init__(self, ctx: ListenerContext, sock: Stream, addr: tuple[str, int]) -> None:
         self.ctx = ctx
-        self.client = sock
+        self.device = sock
         self.addr = (str(addr[0]), int(addr[1]))
         self.upstream: Stream | None = None
         self.session: Session | None = None
@@ -85,25 +92,20 @@ class MqttConnection:
         self.closed = False
         self.connected = False  # the broker accepted the CONNECT (on_connect sent)
         self.close_reason = ""
-        self._client_lock = Semaphore()
+        self._device_lock = Semaphore()
         self._upstream_lock = Semaphore()
-        # v5 topic aliases per direction: alias -> topic, and aliases the far side has not learned.
-        self._alias_up: dict[int, str] = {}
-        self._alias_down: dict[int, str] = {}
-        self._unlearned_up: set[int] = set()
-        self._unlearned_down: set[int] = set()
-        # QoS 2 flows the proxy answers itself (refused uplink on 3.1.1; undelivered downlink).
-        self._local_rel_up: set[int] = set()
-        self._local_rel_down: set[int] = set()
-        # SUBSCRIBE packet id -> (index of each refused filter, total filters) for SUBACK merging.
-        self._pending_sub: dict[tuple[int, int], tuple[list[int], int, int]] = {}
-        self.client_disconnected = False
-        # MQTT 5: the highest topic alias the broker accepts (its CONNACK; None until it has come).
-        self.alias_max_up: int | None = None
+        # What each direction remembers between chunks (aliases, QoS 2 flows answered here, allowed topics,
+        # packet counters, the device's publish rate limit): changed by that direction's pump only.
+        self.up = DirectionState(
+            Direction.UP,
+            PacketCounters(ctx.metrics, ctx.name, "up"),
+            RateLimiter.for_settings(ctx.settings),
+        )
+        self.down = DirectionState(Direction.DOWN, PacketCounters(ctx.metrics, ctx.name, "down"))
+        # SUBSCRIBE / UNSUBSCRIBE partly refused here: how to merge the broker's answer (``dataplane``).
+        self.ack_plans: AckPlans = {}
+        self.device_disconnected = False  # the device sent DISCONNECT
         self.enhanced_auth = False  # MQTT 5: the CONNECT named an Authentication Method (AUTH allowed)
-        # Raw topics already validated and allowed under the current grant (see pump._known_topic).
-        self.allowed_up: set[bytes] = set()
-        self.allowed_down: set[bytes] = set()
         # The proxy's own answers (refusal acks, local SUBACKs) to packets that arrived before the broker's
         # CONNACK: held back until it has been forwarded, as the first packet a client gets must be the
         # CONNACK (MQTT-3.2.0-1). None once it has.
@@ -121,19 +123,36 @@ class MqttConnection:
         self._claimed: str | None = None
         self._lifetime = 0.0
         self._taken_over_at = 0.0
-        self._up_counters = PacketCounters(ctx.metrics, ctx.name, "up")
-        self._down_counters = PacketCounters(ctx.metrics, ctx.name, "down")
 
     def set_grant(self, grant: Grant) -> None:
-        """Judge everything from now on by ``grant``; what the old grant allowed is forgotten."""
+        """Judge everything from now on by ``grant``; what the old grant allowed is forgotten. When the
+        interceptors change (they may change topics), MQTT 5 topic aliases are sent in full again."""
+        relearn = self.version == 5 and grant.interceptors != self.grant.interceptors
         self.grant = grant
-        self.allowed_up.clear()
-        self.allowed_down.clear()
+        self.up.grant_changed(relearn)
+        self.down.grant_changed(relearn)
+
+    @property
+    def replies_held(self) -> bool:
+        """The proxy's own answers to the device wait for the broker's CONNACK to have gone first."""
+        return self._early is not None
+
+    def broker_accepted(self, properties: list[tuple[int, Any]]) -> None:
+        """The broker accepted the CONNECT (its CONNACK, with these MQTT 5 ``properties``, is on its way
+        to the device): its limits for the session apply, and the handler chain hears of the connect."""
+        self.connected = True
+        if self.version == 5:
+            server_keepalive = next((v for p, v in properties if p == SERVER_KEEP_ALIVE), None)
+            if server_keepalive is not None:
+                self.set_keepalive(int(server_keepalive))
+            self.up.alias_max = int(next((v for p, v in properties if p == TOPIC_ALIAS_MAXIMUM), 0))
+        if self.session is not None:
+            self.ctx.chain.on_connect(self.session, self.grant)
 
     # ------------------------------------------------------------------------------------------ writes
-    def send_client(self, data: bytes) -> None:
-        with self._client_lock:
-            self.client.sendall(data)
+    def send_device(self, data: bytes) -> None:
+        with self._device_lock:
+            self.device.sendall(data)
 
     def send_upstream(self, data: bytes) -> None:
         assert self.upstream is not None
@@ -152,7 +171,7 @@ class MqttConnection:
         self.close_reason = reason
         held = wait > 0 and self.upstream is not None and self._upstream_lock.acquire(timeout=wait)
         try:
-            for sock in (self.client, self.upstream):
+            for sock in (self.device, self.upstream):
                 if sock is not None:
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
@@ -177,21 +196,21 @@ class MqttConnection:
             return
         if self.version == 5 and self.session is not None:
             packet = codec.encode(Disconnect(code, [(REASON_STRING, reason[:200])]), 5)
-            if self._client_lock.acquire(blocking=wait > 0, timeout=wait or None):
+            if self._device_lock.acquire(blocking=wait > 0, timeout=wait or None):
                 try:
                     with contextlib.suppress(OSError), gevent.Timeout(wait or 1.0, False):
-                        self.client.sendall(packet)
+                        self.device.sendall(packet)
                 finally:
-                    self._client_lock.release()
+                    self._device_lock.release()
         self.close(reason, wait)
 
     def kick_refusal(self, refusal: Refusal, wait: float = 0.0) -> None:
         self.kick(refusal.reason or refusal.code.value, disconnect_code(refusal.code), wait)
 
-    def _fail(self, exc: MqttError, direction: str) -> None:
+    def _fail(self, exc: MqttError, direction: Direction) -> None:
         self.ctx.metrics.errors.labels(self.ctx.name, type(exc).__name__).inc()
-        logger.info("closing {}:{}: {} ({})", *self.addr, exc, direction)
-        if direction == "up":
+        logger.info("closing {}:{}: {} ({})", *self.addr, exc, direction.value)
+        if direction is Direction.UP:
             self.kick(str(exc), exc.reason_code)
         else:
             # The broker sent something invalid: the device is not at fault, the upstream is unusable.
@@ -201,7 +220,7 @@ class MqttConnection:
         """The broker side ended without the device asking: close, telling MQTT 5 devices to retry later."""
         if self.closed:  # we closed it ourselves (the device left, or was refused): not a broker fault
             return
-        if self.client_disconnected:
+        if self.device_disconnected:
             self.close(reason)
             return
         if self._taken_over_at and time.monotonic() - self._taken_over_at < TAKEOVER_WINDOW:
@@ -222,7 +241,7 @@ class MqttConnection:
         """Enforce the keepalive: a device silent for ``keepalive_factor`` x ``seconds`` is disconnected
         (5.0: 0x8D). The broker may override the device's value (Server Keep Alive in CONNACK)."""
         factor = self.ctx.settings.keepalive_factor
-        self.client.settimeout(seconds * factor if seconds and factor else None)
+        self.device.settimeout(seconds * factor if seconds and factor else None)
 
     # ------------------------------------------------------------------------------------------ connect
     def read_connect(self, timeout: float | None = None) -> tuple[Connect, bytes, bytes] | None:
@@ -230,7 +249,7 @@ class MqttConnection:
         framer = Framer(self.ctx.settings.max_packet_size)
         with gevent.Timeout(timeout or self.ctx.settings.connect_timeout, False):
             while True:
-                data = self.client.recv(CHUNK)
+                data = self.device.recv(CHUNK)
                 if not data:
                     self.close("closed before CONNECT")
                     return None
@@ -251,7 +270,7 @@ class MqttConnection:
         if metric:
             self.ctx.metrics.refusals.labels(self.ctx.name, metric).inc()
         with contextlib.suppress(OSError):
-            self.send_client(codec.encode(Connack(False, code), self.version))
+            self.send_device(codec.encode(Connack(False, code), self.version))
         self.close(reason)
 
     def establish(self, dial: Callable[[], Stream]) -> bytes | None:
@@ -303,7 +322,7 @@ class MqttConnection:
                 connack_code(decision.code, self.version), decision.reason, metric_reason(decision.code)
             )
             return None
-        self.grant = decision
+        self.set_grant(decision)
         will = connect.will
         if will is not None and not decision.auth_will(will.topic, will.payload):
             logger.info("refused CONNECT of {!r}: will topic {!r} not allowed", self.session, will.topic)
@@ -313,7 +332,7 @@ class MqttConnection:
             return None
         upstream_connect = connect  # what the broker will see (its client id is the one to bind)
         if decision.interceptors:
-            new = self._intercept(connect, Direction.UP)
+            new = self.intercept(connect, Direction.UP)
             if new is None:
                 self.refuse_connect(
                     connack_code(RefusalCode.NOT_AUTHORIZED, self.version),
@@ -336,7 +355,7 @@ class MqttConnection:
                 "upstream_unavailable",
             )
             return None
-        self._up_counters.counts[CONNECT] += 1
+        self.up.counters.counts[CONNECT] += 1
         try:
             self.send_upstream(raw)
         except OSError as exc:  # e.g. a TLS 1.3 target refusing our client certificate after the handshake
@@ -378,7 +397,8 @@ class MqttConnection:
         return True
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _intercept(self, packet: Any, direction: Direction) -> Any | None:
+    def intercept(self, packet: Any, direction: Direction) -> Any | None:
+        """``packet`` as the grant's interceptors leave it (None: dropped)."""
         assert self.session is not None
         return run_interceptors(self.grant, self.session, packet, direction)
 
@@ -386,8 +406,9 @@ class MqttConnection:
     def uplink(self, rest: bytes) -> None:
         """Device -> broker. Runs in the connection's handler greenlet until the connection ends."""
         framer = Framer(self.ctx.settings.max_packet_size)
-        counters = self._up_counters
-        limiter = RateLimiter.for_settings(self.ctx.settings)
+        up = self.up
+        counters = up.counters
+        limiter = up.limiter
         data = rest
         try:
             while True:
@@ -397,7 +418,7 @@ class MqttConnection:
                     if frames:
                         if limiter is not None:
                             self._limit(limiter, buf, frames, len(data))
-                        out, replies = pump.process_up(self, buf, frames, counters.counts, framer.last_runs)
+                        out, replies = process_up(self, up, buf, frames, framer.last_runs)
                         if out:
                             self.send_upstream(out)
                         if replies:
@@ -406,9 +427,9 @@ class MqttConnection:
                                 if len(self._early) > MAX_EARLY_REPLIES:
                                     raise ProtocolError("too many refused packets before the CONNACK")
                             else:
-                                self.send_client(b"".join(replies))
+                                self.send_device(b"".join(replies))
                     counters.flush(len(data))
-                data = self.client.recv(CHUNK)
+                data = self.device.recv(CHUNK)
                 if not data:
                     self.close("client closed the connection")
                     return
@@ -416,7 +437,7 @@ class MqttConnection:
             self.ctx.metrics.refusals.labels(self.ctx.name, "keepalive").inc()
             self.kick("keepalive timeout", KEEP_ALIVE_TIMEOUT)
         except MqttError as exc:
-            self._fail(exc, "up")
+            self._fail(exc, Direction.UP)
         except (OSError, ValueError) as exc:  # ValueError: an SSL socket closed by another greenlet
             self.close(f"client socket: {exc}")
 
@@ -436,7 +457,8 @@ class MqttConnection:
         """Broker -> device. Runs in the upstream session's greenlet until the connection ends."""
         assert self.upstream is not None
         framer = Framer()  # the broker enforces its own limits; the client's maximum is its own business
-        counters = self._down_counters
+        down = self.down
+        counters = down.counters
         coalescer = ReadCoalescer(self.upstream, self.ctx.settings.flood_batch_wait)
         reads = 0
         try:
@@ -456,14 +478,14 @@ class MqttConnection:
                     return
                 buf, frames = framer.feed_runs(data)
                 if frames:
-                    out, upstream_replies, close_after = pump.process_down(
-                        self, buf, frames, counters.counts, framer.last_runs
+                    out, upstream_replies, close_after = process_down(
+                        self, down, buf, frames, framer.last_runs
                     )
                     if self._early is not None and self.connected:
                         out += b"".join(self._early)  # in the same write, right after the CONNACK
                         self._early = None
                     if out:
-                        self.send_client(out)
+                        self.send_device(out)
                     for reply in upstream_replies:
                         self.send_upstream(reply)
                     if close_after:
@@ -471,7 +493,7 @@ class MqttConnection:
                         return
                 counters.flush(len(data))
         except MqttError as exc:
-            self._fail(exc, "down")
+            self._fail(exc, Direction.DOWN)
         except (OSError, ValueError) as exc:
             self.close(f"socket: {exc}")
 

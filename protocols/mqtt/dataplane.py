@@ -1,8 +1,14 @@
-"""Per-chunk packet logic of the proxy, one function per direction.
+"""The data plane of a proxied MQTT connection: the per-chunk packet logic of each direction, and the
+state each direction keeps between chunks.
 
-Each takes the buffer and frame offsets of one chunk and returns what to send on. The common case, every
-packet allowed and unchanged, allocates nothing but the per-PUBLISH topic string and writes the chunk as
-it came. Dropped or rewritten packets switch to splicing (``_Splice``).
+``process_up`` / ``process_down`` take the buffer and frame offsets of one chunk and return what to send
+on. The common case, every packet allowed and unchanged, allocates nothing but the per-PUBLISH topic string
+and writes the chunk as it came. Dropped or rewritten packets switch to splicing (``_Splice``).
+
+``DirectionState`` is what one direction remembers (topic aliases, the QoS 2 flows the proxy answers
+itself, topics already allowed, packet counters, the publish rate limiter). The connection owns one per
+direction (``ProxiedConnection.up`` / ``.down``, connection.py) and hands it to the function of that
+direction; only that direction's pump changes it, and the connection resets it when the grant changes.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any, Protocol
 import gevent
 
 from ferryman.actors.contracts import Direction, Grant, Session
+from ferryman.actors.metrics import PacketCounters
 
 from . import codec
 from .codec import Limits, publish_fields
@@ -20,15 +27,65 @@ from .constants import ReasonCode
 from .context import ListenerContext
 from .errors import MalformedPacket, ProtocolError
 from .framing import Frame, Run
+from .limits import RateLimiter
 from .packets import Puback, Pubcomp, Publish, Pubrec, Suback, Unsuback
 from .runs import same_known_topic
 
-__all__ = ["Connection", "process_down", "process_up"]
+__all__ = ["AckPlans", "Connection", "DirectionState", "process_down", "process_up"]
+
+#: SUBSCRIBE / UNSUBSCRIBE partly refused by the proxy, by (ack packet type, packet id): (the index of
+#: each refused filter, how many filters the device sent, the code for the refused ones). Filled by the
+#: uplink, used up by the downlink when the broker's SUBACK / UNSUBACK comes, to merge the two answers.
+AckPlans = dict[tuple[int, int], tuple[list[int], int, int]]
+
+
+class DirectionState:
+    """What one direction (device -> broker, or broker -> device) of one connection remembers between
+    chunks. Owned by the connection; changed by that direction's pump, and by ``grant_changed``."""
+
+    __slots__ = (
+        "alias_max",
+        "aliases",
+        "counters",
+        "direction",
+        "known_topics",
+        "limiter",
+        "local_rel",
+        "unlearned",
+    )
+
+    def __init__(
+        self, direction: Direction, counters: PacketCounters, limiter: RateLimiter | None = None
+    ) -> None:
+        self.direction = direction
+        #: MQTT 5 topic aliases the sender set: alias -> topic.
+        self.aliases: dict[int, str] = {}
+        #: Aliases the receiver has not learned: the packet that set them was dropped, so the next one
+        #: that uses the alias alone goes on with the topic in full.
+        self.unlearned: set[int] = set()
+        #: The highest topic alias the receiver accepts; None: not checked (the broker's CONNACK sets it
+        #: for the uplink; a device's maximum is its own business).
+        self.alias_max: int | None = None
+        #: Packet ids of QoS 2 PUBLISHes the proxy answered itself (refused, dropped): the sender's
+        #: PUBREL for them is answered here too.
+        self.local_rel: set[int] = set()
+        #: Raw topics already validated and allowed under the current grant (``_known_topic``).
+        self.known_topics: set[bytes] = set()
+        self.counters = counters
+        #: The publish rate limit of the sender (the device's, on the uplink); None: none.
+        self.limiter = limiter
+
+    def grant_changed(self, topics_may_change: bool) -> None:
+        """A new grant: what the old one allowed is forgotten. ``topics_may_change`` (other interceptors,
+        which rewrite topics): every alias learned so far is sent in full again on its next use."""
+        self.known_topics.clear()
+        if topics_may_change:
+            self.unlearned.update(self.aliases)
 
 
 class Connection(Protocol):
-    """What the pumps read and change of one connection (``proxy.MqttConnection`` has this shape): a
-    structural type, so this module need not import the proxy that calls it."""
+    """What the data plane reads and changes of one connection (``connection.ProxiedConnection`` has this
+    shape): a structural type, so this module need not import the connection that calls it."""
 
     ctx: ListenerContext
     session: Session | None
@@ -36,30 +93,22 @@ class Connection(Protocol):
     limits: Limits
     version: int
     connected: bool
-    client_disconnected: bool
+    device_disconnected: bool
     enhanced_auth: bool
-    alias_max_up: int | None
-    allowed_up: set[bytes]
-    allowed_down: set[bytes]
-    _alias_up: dict[int, str]
-    _alias_down: dict[int, str]
-    _unlearned_up: set[int]
-    _unlearned_down: set[int]
-    _local_rel_up: set[int]
-    _local_rel_down: set[int]
-    _pending_sub: dict[tuple[int, int], tuple[list[int], int, int]]
-    _early: list[bytes] | None
+    ack_plans: AckPlans
 
-    def set_keepalive(self, seconds: int) -> None: ...
-    def _intercept(self, packet: Any, direction: Direction) -> Any | None: ...
+    @property
+    def replies_held(self) -> bool:
+        """The proxy's own answers to the device are held back until the broker's CONNACK has gone."""
+
+    def intercept(self, packet: Any, direction: Direction) -> Any | None: ...
+    def broker_accepted(self, properties: list[tuple[int, Any]]) -> None: ...
 
 
 CONNECT, CONNACK, PUBLISH, PUBREL, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, DISCONNECT = (
     1, 2, 3, 6, 8, 9, 10, 11, 14,
 )  # fmt: skip
 NOT_AUTHORIZED = int(ReasonCode.NOT_AUTHORIZED)
-SERVER_KEEP_ALIVE = 19  # MQTT 5 properties
-TOPIC_ALIAS_MAXIMUM = 34
 # A chunk of many small packets that each take the slow path (SUBSCRIBEs, say) may hold thousands: the
 # loop lets the other greenlets run whenever it has worked this long (checked every SLICE_PACKETS packets),
 # so one connection's chunk costs the others at most a few milliseconds at a time.
@@ -244,11 +293,12 @@ def _ack(conn: Connection, qos: int, pid: int, code: int, local_rel: set[int]) -
 
 
 def process_up(
-    conn: Connection, buf: bytes, frames: list[Frame | Run], counts: list[int], runs: int = 0
+    conn: Connection, up: DirectionState, buf: bytes, frames: list[Frame | Run], runs: int = 0
 ) -> tuple[bytes, list[bytes]]:
-    """Device -> broker. Returns (bytes for the broker, replies for the device). ``runs``: how many of
-    ``frames`` are runs (``Framer.feed_runs``)."""
+    """Device -> broker. Returns (bytes for the broker, replies for the device). ``up``: the state of
+    this direction; ``runs``: how many of ``frames`` are runs (``Framer.feed_runs``)."""
     grant = conn.grant
+    counts = up.counters.counts
     v5 = conn.version == 5
     chain = conn.ctx.chain
     valid = VALID_UP[conn.version]
@@ -256,14 +306,14 @@ def process_up(
     replies: list[bytes] = []
     pass_all = grant.publish_all and not v5 and not chain.wants_publish
     plain = grant.publish_by_topic and not grant.interceptors and not chain.wants_publish
-    cache = conn.allowed_up if plain else None
+    cache = up.known_topics if plain else None
     last = frames[-1][2]
     packets = _settle_runs(buf, frames, counts, valid, pass_all, cache, v5) if runs else frames
     limits = conn.limits
     deadline = time.perf_counter() + SLICE_SECONDS
-    # Until the broker's CONNACK has gone to the device its answers are held back (``conn._early``, bounded):
-    # a chunk sent before it is judged in one go, so that bound applies to all of it.
-    sliced = conn._early is None
+    # Until the broker's CONNACK has gone to the device its answers are held back (``conn.replies_held``,
+    # bounded): a chunk sent before it is judged in one go, so that bound applies to all of it.
+    sliced = not conn.replies_held
     for n, (start, body, end) in enumerate(packets):  # type: ignore[misc]
         if sliced and not n % SLICE_PACKETS:
             deadline = _pause(deadline)
@@ -282,15 +332,15 @@ def process_up(
             )
             alias_only = not topic
             if alias is not None:
-                if conn.alias_max_up is not None and alias > conn.alias_max_up:
-                    raise ProtocolError(f"topic alias {alias} above the maximum {conn.alias_max_up}", 0x94)
+                if up.alias_max is not None and alias > up.alias_max:
+                    raise ProtocolError(f"topic alias {alias} above the maximum {up.alias_max}", 0x94)
                 if alias_only:
-                    known = conn._alias_up.get(alias)
+                    known = up.aliases.get(alias)
                     if known is None:
                         raise ProtocolError(f"unknown topic alias {alias}", 0x94)
                     topic = known
                 else:
-                    conn._alias_up[alias] = topic
+                    up.aliases[alias] = topic
             payload = b"" if plain else buf[poff:end]  # a topic-only grant never reads it
             qos = (first >> 1) & 3
             if not grant.auth_publish(topic, payload):
@@ -300,23 +350,23 @@ def process_up(
                 splice = splice or _Splice()
                 splice.put(buf, start, end)
                 if alias is not None and not alias_only:
-                    conn._unlearned_up.add(alias)
-                reply = _ack(conn, qos, pid, NOT_AUTHORIZED if v5 else 0, conn._local_rel_up)
+                    up.unlearned.add(alias)
+                reply = _ack(conn, qos, pid, NOT_AUTHORIZED if v5 else 0, up.local_rel)
                 if reply:
                     replies.append(reply)
                 continue
-            if grant.interceptors or (alias_only and alias in conn._unlearned_up):
+            if grant.interceptors or (alias_only and alias in up.unlearned):
                 packet = _decode(conn, buf, start, body, end)
                 packet.topic = topic
-                new = conn._intercept(packet, Direction.UP) if grant.interceptors else packet
+                new = conn.intercept(packet, Direction.UP) if grant.interceptors else packet
                 splice = splice or _Splice()
                 if new is None:
                     splice.put(buf, start, end)
-                    reply = _ack(conn, qos, pid, 0, conn._local_rel_up)
+                    reply = _ack(conn, qos, pid, 0, up.local_rel)
                     if reply:
                         replies.append(reply)
                     continue
-                conn._unlearned_up.discard(alias or 0)
+                up.unlearned.discard(alias or 0)
                 splice.put(buf, start, end, codec.encode(new, conn.version))
                 if isinstance(new, Publish):
                     topic, payload = new.topic, new.payload
@@ -329,17 +379,17 @@ def process_up(
             splice = _filters(conn, buf, start, body, end, splice, replies)
             continue
         _check_control(conn, buf, first, body, end)
-        if ptype == PUBREL and conn._local_rel_up:
+        if ptype == PUBREL and up.local_rel:
             pid = packet_id_at(buf, body, end)
-            if pid in conn._local_rel_up:
-                conn._local_rel_up.discard(pid)
+            if pid in up.local_rel:
+                up.local_rel.discard(pid)
                 splice = splice or _Splice()
                 splice.put(buf, start, end)
                 replies.append(codec.encode(Pubcomp(pid), conn.version))
         elif ptype == CONNECT:
             raise ProtocolError("second CONNECT on one connection")
         elif ptype == DISCONNECT:
-            conn.client_disconnected = True
+            conn.device_disconnected = True
         elif grant.interceptors:
             splice = _intercept_other(conn, buf, start, body, end, splice, Direction.UP)
     return _emit(buf, last, splice), replies
@@ -379,15 +429,15 @@ def _filters(
         return splice
     splice = splice or _Splice()
     if refused and allowed:
-        conn._pending_sub[(ack_type, packet.packet_id)] = (sorted(refused), len(names), code)
+        conn.ack_plans[(ack_type, packet.packet_id)] = (sorted(refused), len(names), code)
         if sub:
             packet.subscriptions = [s for i, s in enumerate(packet.subscriptions) if i not in refused]
         else:
             packet.topic_filters = allowed
-    new = conn._intercept(packet, Direction.UP) if allowed and grant.interceptors else packet
+    new = conn.intercept(packet, Direction.UP) if allowed and grant.interceptors else packet
     if not allowed or new is None:
         # Nothing goes to the broker: the proxy answers every filter itself.
-        conn._pending_sub.pop((ack_type, packet.packet_id), None)
+        conn.ack_plans.pop((ack_type, packet.packet_id), None)
         splice.put(buf, start, end)
         codes = [code] * len(names)
         ack = (
@@ -410,7 +460,7 @@ def _intercept_other(
     splice: _Splice | None,
     direction: Direction,
 ) -> _Splice | None:
-    new = conn._intercept(_decode(conn, buf, start, body, end, direction is Direction.UP), direction)
+    new = conn.intercept(_decode(conn, buf, start, body, end, direction is Direction.UP), direction)
     if new is None:
         splice = splice or _Splice()
         splice.put(buf, start, end)
@@ -423,18 +473,19 @@ def _intercept_other(
 
 
 def process_down(
-    conn: Connection, buf: bytes, frames: list[Frame | Run], counts: list[int], runs: int = 0
+    conn: Connection, down: DirectionState, buf: bytes, frames: list[Frame | Run], runs: int = 0
 ) -> tuple[bytes, list[bytes], str]:
     """Broker -> device. Returns (bytes for the device, replies for the broker, a close reason or "").
-    ``runs`` as for ``process_up``."""
+    ``down``: the state of this direction; ``runs`` as for ``process_up``."""
     grant = conn.grant
+    counts = down.counters.counts
     v5 = conn.version == 5
     valid = VALID_DOWN[conn.version]
     splice: _Splice | None = None
     replies: list[bytes] = []
     close_after = ""
     pass_all = grant.deliver_all and not v5
-    cache = conn.allowed_down if grant.deliver_by_topic and not grant.interceptors else None
+    cache = down.known_topics if grant.deliver_by_topic and not grant.interceptors else None
     last = frames[-1][2]
     packets = _settle_runs(buf, frames, counts, valid, pass_all, cache, v5) if runs else frames
     deadline = time.perf_counter() + SLICE_SECONDS
@@ -455,22 +506,22 @@ def process_down(
             alias_only = not topic
             if alias is not None:
                 if alias_only:
-                    known = conn._alias_down.get(alias)
+                    known = down.aliases.get(alias)
                     if known is None:
                         raise ProtocolError(f"broker used unknown topic alias {alias}", 0x94)
                     topic = known
                 else:
-                    conn._alias_down[alias] = topic
+                    down.aliases[alias] = topic
             qos = (first >> 1) & 3
             new: Any = None
             if grant.interceptors:
                 packet = _decode(conn, buf, start, body, end, up=False)
                 packet.topic = topic
-                new = conn._intercept(packet, Direction.DOWN)
+                new = conn.intercept(packet, Direction.DOWN)
                 if new is None:
                     splice = splice or _Splice()
                     splice.put(buf, start, end)
-                    reply = _ack(conn, qos, pid, 0, conn._local_rel_down)
+                    reply = _ack(conn, qos, pid, 0, down.local_rel)
                     if reply:
                         replies.append(reply)
                     continue
@@ -481,22 +532,22 @@ def process_down(
                 splice = splice or _Splice()
                 splice.put(buf, start, end)
                 if alias is not None and not alias_only:
-                    conn._unlearned_down.add(alias)
-                reply = _ack(conn, qos, pid, 0, conn._local_rel_down)
+                    down.unlearned.add(alias)
+                reply = _ack(conn, qos, pid, 0, down.local_rel)
                 if reply:
                     replies.append(reply)
                 continue
-            if new is not None or (alias_only and alias in conn._unlearned_down):
+            if new is not None or (alias_only and alias in down.unlearned):
                 if new is None:
                     new = _decode(conn, buf, start, body, end, up=False)
                     new.topic = topic
-                conn._unlearned_down.discard(alias or 0)
+                down.unlearned.discard(alias or 0)
                 splice = splice or _Splice()
                 splice.put(buf, start, end, codec.encode(new, conn.version))
             elif cache is not None and not alias_only:
                 _remember(cache, buf, body)
-        elif (ptype in (SUBACK, UNSUBACK)) and conn._pending_sub:
-            plan = conn._pending_sub.pop((ptype, packet_id_at(buf, body, end)), None)
+        elif (ptype in (SUBACK, UNSUBACK)) and conn.ack_plans:
+            plan = conn.ack_plans.pop((ptype, packet_id_at(buf, body, end)), None)
             if plan is not None:
                 ack = _decode(conn, buf, start, body, end, up=False)
                 refused, total, code = plan
@@ -505,25 +556,18 @@ def process_down(
                     ack.reason_codes = [code if i in refused else next(theirs, code) for i in range(total)]
                 splice = splice or _Splice()
                 splice.put(buf, start, end, codec.encode(ack, conn.version))
-        elif ptype == PUBREL and conn._local_rel_down:
+        elif ptype == PUBREL and down.local_rel:
             pid = packet_id_at(buf, body, end)
-            if pid in conn._local_rel_down:
-                conn._local_rel_down.discard(pid)
+            if pid in down.local_rel:
+                down.local_rel.discard(pid)
                 splice = splice or _Splice()
                 splice.put(buf, start, end)
                 replies.append(codec.encode(Pubcomp(pid), conn.version))
         elif ptype == CONNACK and not conn.connected:
             code = buf[body + 1] if body + 1 < end else 0xFF
             if code == 0:
-                conn.connected = True
-                if v5:  # the broker's limits for this session: keepalive and topic aliases
-                    props = _decode(conn, buf, start, body, end, up=False).properties
-                    server_keepalive = next((v for p, v in props if p == SERVER_KEEP_ALIVE), None)
-                    if server_keepalive is not None:
-                        conn.set_keepalive(int(server_keepalive))
-                    conn.alias_max_up = int(next((v for p, v in props if p == TOPIC_ALIAS_MAXIMUM), 0))
-                if conn.session is not None:
-                    conn.ctx.chain.on_connect(conn.session, grant)
+                # MQTT 5: the broker's limits for this session (keepalive, topic aliases) are properties
+                conn.broker_accepted(_decode(conn, buf, start, body, end, up=False).properties if v5 else [])
             else:
                 close_after = f"broker refused the CONNECT with code {code}"
         elif ptype == DISCONNECT:
