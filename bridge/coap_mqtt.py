@@ -1,5 +1,5 @@
 """The CoAP -> MQTT bridge handler actor: publish-mode coap listeners (``target = "mqtt"``) publish and
-subscribe through the bridge's own MQTT session (``MqttClientActor``).
+subscribe through the bridge's own MQTT session (``MqttBridgeClient``).
 
 The bridge (``ferryman/bridge_wiring.py``) offers an :class:`MqttCoapPort` over this actor under
 :data:`ferryman.protocols.coap.publish.PORT` (the Gateway hands it to each publish-mode coap listener's
@@ -7,9 +7,10 @@ constructor, as it does the ``bridge/http_mqtt.py`` publisher for http). The act
 Router for ``mqtt.message`` (the messages of the bridge's MQTT session, which it hands to the receivers of
 matching filters: CoAP observations).
 
-Subscriptions are reference-counted per filter here: the first receiver subscribes the MQTT session, the
-last one leaving unsubscribes it. A filter the MQTT session already had when the first CoAP receiver came
-(an XMPP user's) is borrowed, never unsubscribed from here.
+Subscriptions are reference-counted per filter in a subscription hub (``actors/subscriptions.py``, whose
+holders here are receiver keys): the first receiver subscribes the MQTT session, the last one leaving
+unsubscribes it. The session counts its owners in a hub of its own: a filter the XMPP bridge holds too is
+subscribed once on the broker and kept until both let go.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import pykka
 from loguru import logger
 
 from ferryman.actors.contracts import Message
-from ferryman.actors.handler import HandlerActor
-from ferryman.actors.topics import matches
+from ferryman.actors.rules import RuleActor
+from ferryman.actors.subscriptions import SubscriptionHub
+from ferryman.actors.topics import validate_topic_filter
 from ferryman.protocols.coap.publish import Deliver
-from ferryman.protocols.mqtt.client import Delivery
+from ferryman.protocols.mqtt.bridge_client import Delivery
 
 from .http_mqtt import MqttPublisher
 
@@ -53,7 +55,7 @@ class MqttCoapPort:
         return self._publisher.publish(topic, payload, qos, retain)
 
     def publish_many(self, items: list[tuple[str, bytes, int, bool]]) -> list[Delivery]:
-        """Queues every publish on the MQTT session in one actor message (``MqttClientActor.publish_many``)
+        """Queues every publish on the MQTT session in one actor message (``MqttBridgeClient.publish_many``)
         and returns their deliveries: one wake-up of the session actor and of paho's loop for the lot."""
         try:
             out: list[Delivery] = self._publish_many(items).get(timeout=self.timeout)
@@ -86,7 +88,7 @@ class MqttCoapPort:
             self._remove.defer(key)
 
 
-class CoapMqttBridge(HandlerActor):
+class CoapMqttBridge(RuleActor):
     name = "coap-mqtt"
 
     def __init__(
@@ -101,22 +103,23 @@ class CoapMqttBridge(HandlerActor):
         self.mqtt = mqtt
         self._mqtt = mqtt.proxy()
         self._receivers: dict[int, tuple[str, Deliver]] = {}
-        self._by_filter: dict[str, set[int]] = {}
+        self._hub: SubscriptionHub[int] = SubscriptionHub()  # receiver key -> its one filter
 
     def handle(self, message: Message) -> None:
         if message.kind == MQTT_MESSAGE:
             self._deliver(message)
 
     def _deliver(self, message: Message) -> None:
-        for topic_filter, keys in self._by_filter.items():
-            if not matches(topic_filter, message.topic):
+        receivers = self._receivers
+        for key in self._hub.holders_for(message.topic):
+            entry = receivers.get(key)
+            if entry is None:
                 continue
-            for key in list(keys):
-                _, deliver = self._receivers[key]
-                try:
-                    deliver(message.topic, message.payload, message.headers)
-                except Exception:
-                    logger.exception("bridge: a CoAP receiver of {} failed", topic_filter)
+            topic_filter, deliver = entry
+            try:
+                deliver(message.topic, message.payload, message.headers)
+            except Exception:
+                logger.exception("bridge: a CoAP receiver of {} failed", topic_filter)
 
     def add_receiver(
         self, topic_filter: str, deliver: Deliver, key: int | None = None
@@ -127,10 +130,12 @@ class CoapMqttBridge(HandlerActor):
             key = next(_KEYS)
         if key in self._receivers:
             self.remove_receiver(key)
+        if validate_topic_filter(topic_filter):  # the session would refuse it too: nothing is recorded
+            refused: pykka.Future[bool] = pykka.ThreadingFuture()
+            refused.set(False)
+            return key, refused
         self._receivers[key] = (topic_filter, deliver)
-        keys = self._by_filter.setdefault(topic_filter, set())
-        keys.add(key)
-        if len(keys) > 1:
+        if not self._hub.add(key, topic_filter):
             return key, None
         # The session counts its owners: if XMPP users want this filter too, no second SUBSCRIBE goes out,
         # and when the last CoAP observer leaves the filter stays for them (and the other way round).
@@ -143,16 +148,11 @@ class CoapMqttBridge(HandlerActor):
         if entry is None:
             return
         topic_filter = entry[0]
-        keys = self._by_filter.get(topic_filter)
-        if keys is None:
+        if not self._hub.remove(key, topic_filter):
             return
-        keys.discard(key)
-        if keys:
-            return
-        del self._by_filter[topic_filter]
         logger.info("bridge: unsubscribing {}: its last CoAP observer left", topic_filter)
         self._mqtt.unsubscribe.defer(topic_filter, owner=OWNER)
 
     def receivers(self) -> dict[str, int]:
         """Filter -> how many CoAP receivers (for tests and diagnostics)."""
-        return {f: len(k) for f, k in self._by_filter.items()}
+        return {f: self._hub.count(f) for f in self._hub.filters()}

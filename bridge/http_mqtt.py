@@ -1,5 +1,5 @@
 """HTTP -> MQTT: publish-mode http listeners (``target = "mqtt"``) publish through the bridge's own MQTT
-session (``MqttClientActor``).
+session (``MqttBridgeClient``).
 
 The bridge (``ferryman/bridge_wiring.py``) offers a :class:`MqttPublisher` under
 :data:`ferryman.protocols.http.publish.PORT`; the Gateway hands it to each publish-mode http listener's
@@ -14,13 +14,13 @@ from typing import Any
 
 import pykka
 
-from ferryman.protocols.mqtt.client import Delivery
+from ferryman.protocols.mqtt.bridge_client import Delivery
 
 __all__ = ["MqttPublisher"]
 
 
 class MqttPublisher:
-    """A ``protocols.http.publish.Publisher`` over the bridge's ``MqttClientActor``."""
+    """A ``protocols.http.publish.Publisher`` over the bridge's ``MqttBridgeClient``."""
 
     def __init__(self, mqtt: pykka.ActorRef[Any], timeout: float = 5.0) -> None:
         self._publish_async = mqtt.proxy().publish_async  # built once: proxies introspect the actor

@@ -28,7 +28,7 @@ from ferryman.actors.topics import validate_topic_name
 
 from .auth import CERTIFICATE, INVALID, credentials_from
 from .headers import BodyTimeout
-from .publish import QOS_HEADER, RETAIN_HEADER, Publisher, parse_qos, parse_retain
+from .publish import QOS_HEADER, RETAIN_HEADER, Publisher, intercept, parse_qos, parse_retain
 from .upstream import HOP_BY_HOP, Upstream, UpstreamError
 
 __all__ = ["CONNECTION_KEY", "HttpApp", "normalize_prefix"]
@@ -218,7 +218,8 @@ class HttpApp:
         if self.chain.wants_publish:
             self.chain.on_publish(session, topic, body)
         if publish:
-            return self._publish(start_response, topic, body, qos, retain)
+            out = intercept(decision, session, topic, body, qos, retain)  # None: an interceptor dropped it
+            return self._publish(start_response, topic, body, qos, retain, out)
         return self._forward(environ, start_response, method, rest, query, body)
 
     def _rest(self, path: str) -> str | None:
@@ -270,14 +271,23 @@ class HttpApp:
 
     # -- publish mode ----------------------------------------------------------------------------------
     def _publish(
-        self, start_response: StartResponse, topic: str, body: bytes, qos: int, retain: bool
+        self,
+        start_response: StartResponse,
+        topic: str,
+        body: bytes,
+        qos: int,
+        retain: bool,
+        out: tuple[str, bytes, int, bool] | None,
     ) -> Iterable[bytes]:
+        """Publishes ``out`` (the request after the interceptors; None: dropped, answered as delivered) and
+        answers with what the request asked for."""
         publisher = self.publisher
         assert publisher is not None  # publish mode: the listener hands it over at construction
-        ack = publisher.publish(topic, body, qos, retain)
-        if not ack.wait(self.timeout):
-            reason = ack.reason or f"not acknowledged within {self.timeout}s"
-            raise HttpError(502, f"publish failed: {reason}")
+        if out is not None:
+            ack = publisher.publish(*out)
+            if not ack.wait(self.timeout):
+                reason = ack.reason or f"not acknowledged within {self.timeout}s"
+                raise HttpError(502, f"publish failed: {reason}")
         return self._json(start_response, 202, {"topic": topic, "qos": qos, "retain": retain})
 
     # -- reverse proxy ---------------------------------------------------------------------------------

@@ -9,37 +9,45 @@ certificate identity is the credential (the ``static`` handler's ``identity`` us
 
 A keep-alive connection asks the chain once per distinct credentials (``HandlerChain.connect`` is an actor
 ask per handler, and a ``password_hash`` check costs milliseconds): the Session and the decision are kept
-for the connection's life, replaced when a handler pushes a new grant and dropped when it revokes.
+for the connection's life (at most ``_MAX_ENTRIES`` credentials, least recently used first out), replaced
+when a handler pushes a new grant and dropped when it revokes. The cache and the credentials are the ones
+CoAP uses too (``protocols/credentials.py``); what is HTTP's own is where credentials come from and the
+Session a request is asked with.
 """
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
-from ferryman.actors.contracts import Grant, Refusal, RefusalCode, Session, next_session_id
+from ferryman.actors.contracts import Grant, Refusal, Session, next_session_id
 from ferryman.actors.handler import HandlerChain
+from ferryman.protocols.credentials import (
+    INVALID,
+    CachedDecision,
+    CachedSessionControl,
+    Credentials,
+    DecisionCache,
+)
 from ferryman.protocols.tls.server import PeerCertificate
 
-__all__ = ["CERTIFICATE", "INVALID", "AuthCache", "Credentials", "HttpSessionControl", "credentials_from"]
+__all__ = [
+    "CERTIFICATE",
+    "INVALID",
+    "AuthCache",
+    "CacheEntry",
+    "Credentials",
+    "HttpSessionControl",
+    "credentials_from",
+]
 
-#: Refusals that depend on the credentials alone: safe to remember for the connection.
-_CACHEABLE = frozenset({RefusalCode.BAD_CREDENTIALS, RefusalCode.NOT_AUTHORIZED, RefusalCode.BANNED})
 _MAX_ENTRIES = 8
 
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    username: str | None
-    password: bytes | None
-    scheme: str  # basic | bearer
-
-
-#: Credentials that could not be parsed (bad base64, an unknown scheme): answered 401.
-INVALID = Credentials(None, None, "invalid")
 #: No header, no parameter, but a verified client certificate (mTLS): its identity is the credential.
-CERTIFICATE = Credentials(None, None, "certificate")
+CERTIFICATE = Credentials(None, None, scheme="certificate")
+#: The cached decision of one set of credentials, and its SessionControl (``protocols/credentials.py``).
+CacheEntry = CachedDecision[Credentials]
+HttpSessionControl = CachedSessionControl
 
 
 def _parse(value: str) -> Credentials:
@@ -52,11 +60,11 @@ def _parse(value: str) -> Credentials:
         except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text (obs-text in the header)
             return INVALID
         username, sep, password = decoded.partition(":")
-        return Credentials(username, password.encode(), "basic") if sep else INVALID
+        return Credentials(username, password.encode(), scheme="basic") if sep else INVALID
     if kind == "bearer" and rest:
-        return Credentials(None, rest.encode(), "bearer")
+        return Credentials(None, rest.encode(), scheme="bearer")
     if not rest and scheme and kind not in ("basic", "bearer"):
-        return Credentials(None, scheme.encode(), "bearer")  # a bare token (query parameter form)
+        return Credentials(None, scheme.encode(), scheme="bearer")  # a bare token (query parameter form)
     return INVALID
 
 
@@ -81,37 +89,10 @@ def credentials_from(header: str | None, query: str) -> tuple[Credentials | None
     return None, kept
 
 
-class HttpSessionControl:
-    """Live policy changes for one cached session (called from handler actors; never blocks)."""
-
-    __slots__ = ("entry",)
-
-    def __init__(self) -> None:
-        self.entry: CacheEntry | None = None
-
-    def update_grant(self, grant: Grant) -> None:
-        if self.entry is not None:
-            self.entry.decision = grant
-
-    def disconnect(self, refusal: Refusal) -> None:
-        if self.entry is not None:
-            self.entry.decision = refusal
-            self.entry.revoked = True
-
-
-@dataclass(eq=False)
-class CacheEntry:
-    session: Session
-    decision: Grant | Refusal
-    control: HttpSessionControl = field(repr=False)
-    revoked: bool = False
-    notified: bool = False  # on_connect was told (so on_disconnect will be)
-
-
 class AuthCache:
     """The decisions one connection has had, by credentials. Not shared between connections."""
 
-    __slots__ = ("_entries", "chain", "listener", "peer", "remote")
+    __slots__ = ("_cache", "chain", "listener", "peer", "remote")
 
     def __init__(
         self, chain: HandlerChain, listener: str, remote: tuple[str, int], peer: PeerCertificate
@@ -120,14 +101,17 @@ class AuthCache:
         self.listener = listener
         self.remote = remote
         self.peer = peer  # the connection's PeerCertificate (NO_PEER without mTLS)
-        self._entries: dict[Credentials, CacheEntry] = {}
+        self._cache: DecisionCache[Credentials] = DecisionCache(
+            on_connect=chain.on_connect, on_disconnect=chain.on_disconnect, max_entries=_MAX_ENTRIES
+        )
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def decide(self, creds: Credentials) -> tuple[Session, Grant | Refusal]:
-        entry = self._entries.get(creds)
+        entry = self._cache.lookup(creds)  # a revoked entry is forgotten here: the chain is asked afresh
         if entry is not None:
-            if not entry.revoked:
-                return entry.session, entry.decision
-            self._drop(creds, "revoked")  # a handler revoked it: ask the chain afresh
+            return entry.session, entry.decision
         peer = self.peer
         control = HttpSessionControl()
         session = Session(
@@ -143,25 +127,9 @@ class AuthCache:
             peer_sans=peer.sans,
             control=control,
         )
-        decision = self.chain.connect(session)
-        entry = CacheEntry(session, decision, control)
-        control.entry = entry
-        if isinstance(decision, Grant):
-            self.chain.on_connect(session, decision)
-            entry.notified = True
-        cacheable = isinstance(decision, Grant) or decision.code in _CACHEABLE
-        if cacheable:
-            if len(self._entries) >= _MAX_ENTRIES:
-                self._drop(next(iter(self._entries)), "evicted")
-            self._entries[creds] = entry
-        return session, decision
-
-    def _drop(self, creds: Credentials, reason: str) -> None:
-        entry = self._entries.pop(creds)
-        if entry.notified:
-            self.chain.on_disconnect(entry.session, reason)
+        entry = self._cache.admit(creds, session, self.chain.connect(session), control)
+        return session, entry.decision
 
     def close(self, reason: str) -> None:
         """The connection ended: every session that had on_connect gets on_disconnect, once."""
-        for creds in list(self._entries):
-            self._drop(creds, reason)
+        self._cache.close(reason)

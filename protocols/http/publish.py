@@ -5,11 +5,19 @@ over its MQTT session (``bridge/http_mqtt.py``) under the kind :data:`PORT`; the
 listener's constructor (``ListenerServices``, ``actors/services.py``). Each POST is one call of
 ``Publisher.publish`` (a future on the bridge's MQTT session) and a wait on the acknowledgement, in the
 request's own greenlet: no Router hop per request (bench/http_publish.py measured why).
+
+The grant's interceptors run on every publish, after the grant's checks (``intercept``): they see the
+request as an MQTT ``Publish`` going up, and what they return is published; one that drops it gets the
+normal success answer (the interceptor consumed it), as a dropped MQTT PUBLISH gets its PUBACK.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from ferryman.actors.contracts import Direction, Grant, Session
+from ferryman.actors.intercept import run_interceptors
+from ferryman.protocols.mqtt.packets import Publish
 
 __all__ = [
     "PORT",
@@ -17,6 +25,7 @@ __all__ = [
     "RETAIN_HEADER",
     "Acknowledgement",
     "Publisher",
+    "intercept",
     "parse_qos",
     "parse_retain",
 ]
@@ -32,7 +41,7 @@ _RETAIN = {"0": False, "false": False, "no": False, "1": True, "true": True, "ye
 
 
 class Acknowledgement(Protocol):
-    """The outcome of one publish (``protocols.mqtt.client.Delivery`` is one)."""
+    """The outcome of one publish (``protocols.mqtt.bridge_client.Delivery`` is one)."""
 
     reason: str
 
@@ -61,3 +70,20 @@ def parse_retain(value: str | None) -> bool | None:
     if value is None:
         return False
     return _RETAIN.get(value.strip().lower())
+
+
+def intercept(
+    grant: Grant, session: Session, topic: str, payload: bytes, qos: int, retain: bool
+) -> tuple[str, bytes, int, bool] | None:
+    """(topic, payload, qos, retain) to publish after the grant's interceptors (``actors/intercept.py``),
+    which see an MQTT ``Publish`` going up; None when one of them dropped it. Without interceptors the
+    request as it came."""
+    if not grant.interceptors:
+        return topic, payload, qos, retain
+    packet = Publish(topic, payload, qos, retain, packet_id=1 if qos else None)
+    out = run_interceptors(grant, session, packet, Direction.UP)
+    if out is None:
+        return None
+    if not isinstance(out, Publish):
+        raise TypeError(f"an interceptor turned an HTTP publish into {type(out).__name__}, not a Publish")
+    return out.topic, bytes(out.payload), out.qos, out.retain

@@ -1,4 +1,4 @@
-"""The bridge's own MQTT session (``MqttClientActor``) against a real mosquitto: subscribe and receive,
+"""The bridge's own MQTT session (``MqttBridgeClient``) against a real mosquitto: subscribe and receive,
 publish with PUBACK, reconnect and re-subscribe after a broker restart, the persistent session across an
 actor restart, unsubscribe, and the bounded queue while disconnected."""
 
@@ -14,7 +14,7 @@ import pykka
 import pytest
 
 from ferryman.actors.contracts import Message
-from ferryman.protocols.mqtt.client import MqttClientActor, parse_url
+from ferryman.protocols.mqtt.bridge_client import MqttBridgeClient, parse_url
 from ferryman.protocols.mqtt.packets import Publish
 from tests.rawclient import RawClient
 from tests.servers import Mosquitto, free_port, uid
@@ -50,7 +50,7 @@ class Collector:
 
 @pytest.fixture
 def start_client() -> Iterator[Callable[..., Any]]:
-    """Starts MqttClientActors and returns their proxies; every one still alive is stopped at teardown."""
+    """Starts MqttBridgeClients and returns their proxies; every one still alive is stopped at teardown."""
     refs: list[pykka.ActorRef[Any]] = []
 
     def start(port: int, client_id: str, sink: Collector, **kwargs: Any) -> Any:
@@ -58,7 +58,7 @@ def start_client() -> Iterator[Callable[..., Any]]:
         kwargs.setdefault("reconnect_max", 1.0)
         kwargs.setdefault("ack_timeout", 5.0)
         kwargs.setdefault("publish_timeout", 5.0)
-        ref = MqttClientActor.start(f"tcp://127.0.0.1:{port}", client_id, sink, **kwargs)
+        ref = MqttBridgeClient.start(f"tcp://127.0.0.1:{port}", client_id, sink, **kwargs)
         refs.append(ref)
         return ref.proxy()
 
