@@ -69,6 +69,8 @@ class Gateway:
         self.metrics = Metrics()
         self.router: pykka.ActorRef[Any] | None = None
         self.handlers: list[pykka.ActorRef[Any]] = []
+        #: The handler chain every listener is given; components (the bridge) ask it for their own sessions.
+        self.chain: HandlerChain | None = None
         self.listeners: dict[str, pykka.ActorRef[Any]] = {}
         self.metrics_server: MetricsServer | None = None
         self.started_at = 0.0
@@ -114,13 +116,14 @@ class Gateway:
             self.handlers.append(cls.start(options=options, settings=s, router=self.router))
         # One client id binding for every listener (actors/client_ids.py), with the bridge's id reserved.
         refs = [*self.handlers, *self.given_handlers]
-        chain = HandlerChain(refs, client_ids=ClientIdBinding.for_settings(s))
+        chain = self.chain = HandlerChain(refs, client_ids=ClientIdBinding.for_settings(s))
         ports: dict[str, Any] = {}
         for build in self._components:
             built = build(self)
             if isinstance(built, Built):
                 self.parts.extend(built.parts)
                 ports.update(built.ports)
+                self.handlers.extend(built.handlers)  # reloaded with the others, stopped after the parts
             else:
                 self.parts.extend(built)
         # Everything a listener uses beside its settings, the chain and the metrics: built above, handed over.

@@ -3,11 +3,25 @@
 A handler is a Pykka actor. Sessions *ask* it once per connection (``auth_connect`` -> Grant | Refusal |
 None for "no opinion") and *tell* it notifications after the fact. Only notifications a handler actually
 overrides are sent, so a handler that ignores ``on_publish`` costs nothing per packet.
+
+Every protocol's sessions go through the chain: MQTT, MQTT-WS, HTTP and CoAP connections and requests, and
+XMPP users of the bridge (``Session.protocol == "xmpp"``, ``identity`` and ``username`` the bare JID,
+no password: the XMPP server authenticated the JID). A handler that has nothing to say about a protocol
+returns None for its sessions (the built-in ``allow-all`` and ``static`` do so for ``"xmpp"``).
+
+Two roles, two base classes: a ``HandlerActor`` is a member of the authorization chain (``auth_connect``
+and the notifications); a rule actor (``actors/rules.py`` ``RuleActor``) is what the Router delivers bridge
+``Message``s to (``handle``). ``HandlerActor`` has no ``handle`` any more. A third-party ``HandlerActor``
+subclass that still defines ``handle`` (written when one class had both roles) keeps working as before:
+it stays in the chain, and the Router still delivers to it if it registers itself (the Router routes to
+any actor with a ``handle`` method); defining the class emits a ``DeprecationWarning``. New code puts the
+routed part in a ``RuleActor`` of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -15,7 +29,7 @@ import pykka
 from loguru import logger
 
 from .client_ids import ClientIdBinding
-from .contracts import CombinedGrant, Grant, Message, Refusal, RefusalCode, Session
+from .contracts import CombinedGrant, Grant, Refusal, RefusalCode, Session
 
 __all__ = ["HandlerActor", "HandlerChain"]
 
@@ -23,7 +37,7 @@ _NOTIFICATIONS = ("on_connect", "on_publish", "on_subscribe", "on_unsubscribe", 
 
 
 class HandlerActor(pykka.ThreadingActor):
-    """Base class of handler actors (authorization, translation rules, user plug-ins).
+    """Base class of handler actors (authorization, rewriting through a grant's interceptors, plug-ins).
 
     Subclasses are found through the entry-point group ``ferryman.handlers`` and built with
     ``cls(options=..., settings=..., router=...)``. ``options`` is the handler's own ``[handler.options]``
@@ -32,6 +46,16 @@ class HandlerActor(pykka.ThreadingActor):
 
     #: Name used in logs; defaults to the class name.
     name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "handle" in cls.__dict__:
+            warnings.warn(
+                f"{cls.__qualname__} defines handle(): routed messages are the job of a RuleActor "
+                "(ferryman.actors.rules); a HandlerActor with handle() still works but has both roles",
+                DeprecationWarning,
+                stacklevel=2,
+            )
 
     def __init__(self, *, options: Mapping[str, Any] | None = None, settings: Any = None, router: Any = None):
         super().__init__()
@@ -64,10 +88,6 @@ class HandlerActor(pykka.ThreadingActor):
 
     def on_disconnect(self, session: Session, reason: str) -> None:
         pass
-
-    # -- bridge traffic --------------------------------------------------------------------------------
-    def handle(self, message: Message) -> None:
-        """A message the Router delivers to this handler."""
 
     # -- operations ------------------------------------------------------------------------------------
     def reload(self, settings: Any) -> None:
@@ -110,6 +130,12 @@ class HandlerChain:
         self.wants_publish = bool(self._listeners.get("on_publish"))
         self.wants_subscribe = bool(self._listeners.get("on_subscribe"))
         self.wants_unsubscribe = bool(self._listeners.get("on_unsubscribe"))
+
+    def with_first(self, refs: Sequence[pykka.ActorRef[Any]]) -> HandlerChain:
+        """This chain with ``refs`` asked before its own handlers (same timeout, same client id binding):
+        how a component puts a handler for its own sessions in front, e.g. the bridge's XMPP JID rules,
+        which decide ``"xmpp"`` sessions and abstain for every other."""
+        return HandlerChain([*refs, *self.refs], self.ask_timeout, self.client_ids)
 
     def connect(self, session: Session) -> Grant | Refusal:
         grants: list[Grant] = []

@@ -23,10 +23,13 @@ __all__ = ["Built", "ListenerServices"]
 @dataclass(frozen=True)
 class Built:
     """What a Gateway component started (actor refs or objects with ``stop()``, in start order) and the
-    ports it offers to listeners, by kind."""
+    ports it offers to listeners, by kind. ``handlers``: handler actors it started for its own sessions (the
+    bridge's XMPP JID rules, in the chain its XMPP users are asked through, ``Gateway.chain.with_first``):
+    the Gateway reloads them with its own handlers and stops them after the parts."""
 
     parts: list[Any]
     ports: Mapping[str, Any] = field(default_factory=dict)
+    handlers: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@ the username and ``%c`` for the client id. A username or client id holding ``+``
 fills a pattern (the filter is left out), so no one widens their own grant by choosing a clever name. On
 SIGHUP the new user list is applied to live sessions: a removed user or changed password disconnects
 (MQTT 5: DISCONNECT 0x87), changed filters push a new grant.
+
+XMPP users of the bridge (sessions of protocol ``"xmpp"``) are not its business: ``[[auth.users]]`` are
+device accounts (a password or a certificate, which an XMPP user never presents to the gateway) and say
+nothing about JIDs, so it abstains (None) for them rather than refusing; ``[bridge.xmpp]`` and plug-in
+handlers decide them.
 """
 
 from __future__ import annotations
@@ -108,11 +113,14 @@ class StaticHandler(HandlerActor):
             expand_filters(user.subscribe, username, client_id),
         )
 
-    def auth_connect(self, session: Session) -> Grant | Refusal:
+    def auth_connect(self, session: Session) -> Grant | Refusal | None:
+        if session.protocol == "xmpp":
+            return None
         return self._check(session)
 
     def on_connect(self, session: Session, grant: Grant) -> None:
-        self.live[session.id] = (session, grant)
+        if session.protocol != "xmpp":
+            self.live[session.id] = (session, grant)
 
     def on_disconnect(self, session: Session, reason: str) -> None:
         self.live.pop(session.id, None)

@@ -233,10 +233,10 @@ def test_health_tells_how_the_bridge_sessions_are(gateway: GatewayProcess) -> No
     while True:
         state = health()
         parts = state["parts"]
-        if parts["MqttClientActor"]["connected"] and parts["XmppSession"]["connected"]:
+        if parts["MqttBridgeClient"]["connected"] and parts["XmppSession"]["connected"]:
             break
         assert time.monotonic() < deadline, f"the bridge sessions never connected: {parts}"
         time.sleep(0.2)
     assert state["status"] == "ok"
-    assert parts["MqttClientActor"]["connects"] >= 1
+    assert parts["MqttBridgeClient"]["connects"] >= 1
     assert parts["XmppSession"]["queued"] == 0

@@ -27,7 +27,7 @@ import pykka
 import pytest
 
 from ferryman.actors.asyncio_host import AsyncioHost
-from ferryman.protocols.mqtt.client import MqttClientActor
+from ferryman.protocols.mqtt.bridge_client import MqttBridgeClient
 from tests.http_support import Reply, Subscriber, curl
 from tests.integration.test_bridge_e2e import login, reply, say, until_answered
 from tests.integration.test_prosody import USERS
@@ -114,7 +114,7 @@ def metrics(gw: GatewayProcess) -> str:
 
 
 def bridge_state(gw: GatewayProcess) -> dict[str, Any]:
-    part: dict[str, Any] = health(gw)["parts"]["MqttClientActor"]
+    part: dict[str, Any] = health(gw)["parts"]["MqttBridgeClient"]
     return part
 
 
@@ -207,7 +207,7 @@ def session() -> Iterator[Callable[..., Any]]:
         kwargs.setdefault("reconnect_max", 0.5)
         kwargs.setdefault("ack_timeout", 5.0)
         kwargs.setdefault("publish_timeout", 5.0)
-        ref = MqttClientActor.start(f"tcp://127.0.0.1:{port}", client_id, lambda m: None, **kwargs)
+        ref = MqttBridgeClient.start(f"tcp://127.0.0.1:{port}", client_id, lambda m: None, **kwargs)
         refs.append(ref)
         return ref
 
@@ -258,7 +258,7 @@ def test_a_poison_message_is_dropped_not_resent_for_ever(
     ref = session(broker.port, client_id)
     proxy = ref.proxy()
     gevent_eventually(lambda: bool(proxy.is_connected().get(timeout=TIMEOUT)), "connected")
-    actor = next(o for o in gc.get_objects() if isinstance(o, MqttClientActor) and o.client_id == client_id)
+    actor = next(o for o in gc.get_objects() if isinstance(o, MqttBridgeClient) and o.client_id == client_id)
     info = actor._client.publish("poison/\x01", b"bad", qos=1)  # below the port: what a paho bug would do
     gevent_eventually(
         lambda: proxy.health().get(timeout=TIMEOUT)["dropped"] >= 1, "the poison message to be dropped", 30

@@ -12,11 +12,12 @@ import pykka
 import pytest
 
 from ferryman.actors.contracts import Message
+from ferryman.actors.handler import HandlerChain
 from ferryman.actors.router import Router
-from ferryman.bridge.authz import BridgeAuthz
+from ferryman.bridge.authz import BridgeAuthz, XmppJidHandler
 from ferryman.bridge.store import Store
 from ferryman.bridge.xmpp_mqtt import MQTT_MESSAGE, XMPP_CHAT, XmppMqttBridge
-from ferryman.protocols.mqtt.client import MqttClientActor
+from ferryman.protocols.mqtt.bridge_client import MqttBridgeClient
 from ferryman.protocols.mqtt.packets import Publish
 from tests.rawclient import RawClient
 from tests.servers import Mosquitto
@@ -41,11 +42,12 @@ class Bridge:
         self.router = Router.start()
         self.chat = ChatLog.start()
         route = self.router.proxy().route
-        self.mqtt = MqttClientActor.start(
+        self.mqtt = MqttBridgeClient.start(
             f"tcp://127.0.0.1:{broker.port}", f"bridge-{uuid.uuid4().hex[:6]}", lambda m: route.defer(m)
         )
+        self.jids = XmppJidHandler.start(authz=BridgeAuthz(allowed))  # the chain XMPP users are asked through
         self.bridge = XmppMqttBridge.start(
-            xmpp=self.chat, mqtt=self.mqtt, store=Store(str(store_path)), authz=BridgeAuthz(allowed)
+            xmpp=self.chat, mqtt=self.mqtt, store=Store(str(store_path)), chain=HandlerChain([self.jids])
         )
         rp = self.router.proxy()
         rp.register(XMPP_CHAT, self.bridge).get()
@@ -64,7 +66,7 @@ class Bridge:
         raise AssertionError(f"no matching chat to {jid}: {self.chat.proxy().messages().get()}")
 
     def stop(self) -> None:
-        for ref in (self.bridge, self.mqtt, self.chat, self.router):
+        for ref in (self.bridge, self.jids, self.mqtt, self.chat, self.router):
             if ref.is_alive():
                 ref.stop()
 

@@ -22,9 +22,9 @@ from ferryman import (
     Session,
 )
 from ferryman.actors.contracts import CombinedGrant
-from ferryman.config import load_settings
+from ferryman.actors.rules import RuleActor
 from ferryman.protocols.mqtt.packets import Disconnect
-from ferryman.wiring import HANDLERS, LISTENERS
+from ferryman.wiring import HANDLERS, LISTENERS, load_settings
 from tests.rawclient import RawClient
 from tests.servers import Mosquitto, free_port
 
@@ -173,7 +173,7 @@ def test_combined_grant_is_the_intersection() -> None:
     assert CombinedGrant([Grant.everything(), Grant.everything()]).publish_all
 
 
-class Sink(HandlerActor):
+class Sink(RuleActor):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.got: list[Message] = []
