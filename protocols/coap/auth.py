@@ -13,7 +13,9 @@ handler chain is asked once per pair (``HandlerChain.connect`` is an actor ask p
 last request (bounded, least recently used first out; a pair holding an observation stays). ``on_connect``
 is told when a pair is first granted and ``on_disconnect`` exactly once when it is forgotten. A handler's
 ``update_grant`` replaces the decision at once; its ``disconnect`` revokes it (later requests ask afresh)
-and ends the pair's observations.
+and ends the pair's observations. The credentials and the cache are the ones HTTP uses too
+(``protocols/credentials.py``); what is CoAP's own is where credentials come from, asking the chain from
+the asyncio thread (one ask per pair however many requests wait for it) and the answers (4.01, 4.03).
 
 API for the resources (asyncio thread):
 
@@ -29,11 +31,9 @@ API for the resources (asyncio thread):
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
 
 import aiocoap
 from aiocoap.numbers.codes import Code
@@ -42,6 +42,13 @@ from ferryman.actors.asyncio_host import AsyncioHost
 from ferryman.actors.contracts import Grant, Refusal, RefusalCode, Session, next_session_id
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
+from ferryman.protocols.credentials import (
+    INVALID,
+    CachedDecision,
+    CachedSessionControl,
+    Credentials,
+    DecisionCache,
+)
 
 from .codec import answer_room, fit
 
@@ -85,25 +92,12 @@ class CoapListenerState(Protocol):
 
 AUTH_KEY = "auth"
 
-#: Refusals that depend on the credentials alone: safe to remember.
-_CACHEABLE = frozenset({RefusalCode.BAD_CREDENTIALS, RefusalCode.NOT_AUTHORIZED, RefusalCode.BANNED})
 _REFUSAL_CODE = {
     RefusalCode.SERVER_UNAVAILABLE: Code.SERVICE_UNAVAILABLE,
     RefusalCode.SERVER_BUSY: Code.SERVICE_UNAVAILABLE,
     RefusalCode.SERVER_SHUTTING_DOWN: Code.SERVICE_UNAVAILABLE,
     RefusalCode.QUOTA_EXCEEDED: Code.TOO_MANY_REQUESTS,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    username: str | None
-    password: bytes | None
-    identity: str | None = None  # the DTLS identity
-
-
-#: An ``auth`` option that cannot be used (empty): answered 4.01.
-INVALID = Credentials(None, None, "\x00invalid")
 
 
 def credentials_from_queries(queries: Iterable[str], identity: str | None = None) -> Credentials | None:
@@ -214,45 +208,13 @@ def refusal_message(code: Code, reason: str) -> aiocoap.Message:
 # -- the session cache ------------------------------------------------------------------------------
 
 
-class CoapSessionControl:
-    """Live policy changes for one remembered pair (called from handler actors, in the hub; never blocks)."""
-
-    __slots__ = ("entry",)
-
-    def __init__(self) -> None:
-        self.entry: Entry | None = None
-
-    def update_grant(self, grant: Grant) -> None:
-        if self.entry is not None:
-            self.entry.decision = grant
-
-    def disconnect(self, refusal: Refusal) -> None:
-        entry = self.entry
-        if entry is None:
-            return
-        entry.decision = refusal
-        entry.revoked = True
-        entry.ctx.host.call_soon(entry.end_watchers, refusal)
-
-
-@dataclass(eq=False)
-class Entry:
-    ctx: CoapListenerState = field(repr=False)
-    key: tuple[tuple[str, int], Credentials]
-    session: Session
-    decision: Grant | Refusal
-    expires: float = 0.0
-    revoked: bool = False
-    notified: bool = False  # on_connect was told (so on_disconnect will be)
-    #: Called (asyncio thread) when a handler revokes the pair: observations end themselves.
-    watchers: list[Callable[[Refusal], None]] = field(default_factory=list, repr=False)
-
-    def end_watchers(self, refusal: Refusal) -> None:
-        for watcher in list(self.watchers):
-            try:
-                watcher(refusal)
-            except Exception as exc:
-                self.ctx.log("ERROR", "listener {!r}: ending an observation failed: {!r}", self.ctx.name, exc)
+#: (peer address, credentials): what a decision is remembered for.
+Key: TypeAlias = tuple[tuple[str, int], Credentials]
+#: One remembered decision (``protocols/credentials.py``): ``session``, ``decision``, ``expires``,
+#: ``revoked``, ``notified`` and the ``watchers`` (observations) that keep it.
+Entry: TypeAlias = CachedDecision[Key]
+#: The SessionControl of a remembered pair: ``disconnect`` revokes it and ends its observations.
+CoapSessionControl = CachedSessionControl
 
 
 @dataclass(eq=False)
@@ -268,8 +230,7 @@ class Principal:
     @property
     def grant(self) -> Grant | None:
         """The current grant; None once a handler revoked it."""
-        decision = self.entry.decision
-        return decision if isinstance(decision, Grant) else None
+        return self.entry.grant
 
     def hold(self, watcher: Callable[[Refusal], None]) -> None:
         """Keeps the pair remembered while ``watcher`` (an observation) lives; it is called on revocation."""
@@ -278,46 +239,58 @@ class Principal:
     def release(self, watcher: Callable[[Refusal], None]) -> None:
         if watcher in self.entry.watchers:
             self.entry.watchers.remove(watcher)
-        self.entry.ctx.auth.touch(self.entry)
+        self.entry.touch()
 
 
 class AuthCache:
-    """(peer, credentials) -> the chain's decision. Used only from the asyncio thread."""
+    """(peer, credentials) -> the chain's decision (a ``DecisionCache``). Used only from the asyncio
+    thread; the chain is asked in the hub."""
 
     def __init__(self, ctx: CoapListenerState, ttl: float = 60.0, max_entries: int = 4096) -> None:
         self.ctx = ctx
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[tuple[str, int], Credentials], Entry] = OrderedDict()
-        self._pending: dict[tuple[tuple[str, int], Credentials], asyncio.Future[Entry]] = {}
+        self._cache: DecisionCache[Key] = DecisionCache(
+            on_connect=self._on_connect, on_disconnect=self._on_disconnect, ttl=ttl, max_entries=max_entries
+        )
+        self._pending: dict[Key, asyncio.Future[Entry]] = {}
+
+    @property
+    def ttl(self) -> float:
+        return self._cache.ttl
+
+    @property
+    def max_entries(self) -> int:
+        return self._cache.max_entries
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._cache)
+
+    def _on_connect(self, session: Session, grant: Grant) -> None:
+        self.ctx.host.to_hub(self.ctx.chain.on_connect, session, grant)
+
+    def _on_disconnect(self, session: Session, reason: str) -> None:
+        self.ctx.host.to_hub(self.ctx.chain.on_disconnect, session, reason)
+
+    def _revoked(self, entry: Entry, refusal: Refusal) -> None:
+        """A handler revoked the pair (in the hub): its observations end, in the asyncio thread."""
+        self.ctx.host.call_soon(self._end_watchers, entry, refusal)
+
+    def _end_watchers(self, entry: Entry, refusal: Refusal) -> None:
+        for watcher in list(entry.watchers):
+            try:
+                watcher(refusal)
+            except Exception as exc:
+                self.ctx.log("ERROR", "listener {!r}: ending an observation failed: {!r}", self.ctx.name, exc)
 
     def lookup(self, remote: tuple[str, int], creds: Credentials) -> Entry | None:
         """:meth:`decide` when the decision is remembered (a hit: the same bookkeeping, no coroutine), else
-        None: then ``await decide(...)`` asks the chain (or drops the expired / revoked entry first)."""
-        key = (remote, creds)
-        entry = self._entries.get(key)
-        if entry is None or entry.revoked:
-            return None
-        now = time.monotonic()
-        if entry.expires > now or entry.watchers:
-            entry.expires = now + self.ttl
-            self._entries.move_to_end(key)
-            return entry
-        return None
+        None (an expired or revoked entry is forgotten): then ``await decide(...)`` asks the chain."""
+        return self._cache.lookup((remote, creds))
 
     async def decide(self, remote: tuple[str, int], creds: Credentials) -> Entry:
         key = (remote, creds)
-        now = time.monotonic()
-        entry = self._entries.get(key)
+        entry = self._cache.lookup(key)
         if entry is not None:
-            if not entry.revoked and (entry.expires > now or entry.watchers):
-                entry.expires = now + self.ttl
-                self._entries.move_to_end(key)
-                return entry
-            self._drop(key, "revoked" if entry.revoked else "expired")
+            return entry
         pending = self._pending.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -334,9 +307,9 @@ class AuthCache:
             del self._pending[key]
         return entry
 
-    async def _ask(self, key: tuple[tuple[str, int], Credentials], creds: Credentials) -> Entry:
+    async def _ask(self, key: Key, creds: Credentials) -> Entry:
         ctx = self.ctx
-        control = CoapSessionControl()
+        control = CoapSessionControl(self._revoked)
         session = Session(
             id=next_session_id(),
             listener=ctx.name,
@@ -349,54 +322,18 @@ class AuthCache:
             control=control,
         )
         decision = await ctx.host.in_hub(ctx.chain.connect, session)
-        entry = Entry(ctx, key, session, decision, time.monotonic() + self.ttl)
-        control.entry = entry
-        if isinstance(decision, Grant):
-            ctx.host.to_hub(ctx.chain.on_connect, session, decision)
-            entry.notified = True
-        elif decision.code not in _CACHEABLE:
-            return entry  # e.g. the handler timed out: ask again next time
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._forget(old, "replaced")
-        self._entries[key] = entry
-        if len(self._entries) > self.max_entries:
-            self._evict()
-        return entry
+        return self._cache.admit(key, session, decision, control)
 
     def touch(self, entry: Entry) -> None:
-        entry.expires = time.monotonic() + self.ttl
-
-    def _evict(self) -> None:
-        """Drops the least recently used pairs without an observation until within ``max_entries``."""
-        for key in list(self._entries):
-            if len(self._entries) <= self.max_entries:
-                return
-            if not self._entries[key].watchers:
-                self._drop(key, "evicted")
-
-    def _drop(self, key: tuple[tuple[str, int], Credentials], reason: str) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._forget(entry, reason)
-
-    def _forget(self, entry: Entry, reason: str) -> None:
-        if entry.notified:
-            entry.notified = False
-            self.ctx.host.to_hub(self.ctx.chain.on_disconnect, entry.session, reason)
+        entry.touch()
 
     def sweep(self) -> int:
         """Forgets the pairs idle for ``ttl`` seconds (called periodically by the listener); how many."""
-        now = time.monotonic()
-        stale = [k for k, e in self._entries.items() if e.expires <= now and not e.watchers]
-        for key in stale:
-            self._drop(key, "expired")
-        return len(stale)
+        return self._cache.sweep()
 
     def close(self, reason: str) -> None:
         """The listener stops: every remembered pair that had on_connect gets on_disconnect."""
-        for key in list(self._entries):
-            self._drop(key, reason)
+        self._cache.close(reason)
 
 
 # -- the API for resources -------------------------------------------------------------------------------

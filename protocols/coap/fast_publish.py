@@ -1,10 +1,11 @@
-"""The fast path of CoAP -> MQTT mode: plain POST / PUT requests answered without aiocoap.
+"""The datagram transport of CoAP -> MQTT mode: plain POST / PUT requests answered without aiocoap.
 
 aiocoap's request path (decode into a ``Message``, message layer, request layer, a task per request,
 encode) was about half of the gateway's CPU per publish (bench/coap_publish.py). This module takes the
 requests that need none of it, read with ``codec.parse``, and answers them with ``codec.encode``; every
 other datagram goes to aiocoap unchanged (``codec.FastPath``, installed as ``ctx.fast_path`` by
-``PublishSite``).
+``PublishSite``). What a request means is decided by the request core both transports share
+(``publish_core.PublishCore``): this module only reads, authenticates, deduplicates and answers.
 
 **Eligible** (everything else goes to aiocoap, which gives the same answers, the Block1 and 4.02 rules
 included): type CON or NON; code POST or PUT; options only Uri-Path, Uri-Query, Content-Format and Accept
@@ -13,12 +14,13 @@ every Uri-Path and Uri-Query value valid UTF-8 (aiocoap drops the others); paylo
 :data:`MAX_PAYLOAD` bytes and within ``max_packet_size``; the listener not stopping; not a DTLS listener.
 
 **Answers** are the slow path's (mqtt_site.py), status codes, diagnostic payloads, refusal counts and
-handler notifications included (the same functions do the work: ``auth.check``, ``topic_problem``,
-``query_options``): a CON request is answered by a piggybacked ACK (its message id and token), a NON one
-by a NON response with the token and a fresh message id (this module's own counter, from a random start).
-The answer is always piggybacked, however long the publish takes (at most ``connect_timeout``, then 5.03):
-the client's retransmissions meanwhile are absorbed by the deduplication below, and the answer reaches it
-either way. (aiocoap sends an empty ACK after 0.1 s and the answer as a separate CON; not needed here.)
+handler notifications and interceptors included (the same code does the work: ``auth.check`` and
+``publish_core.PublishCore``): a CON request is answered by a piggybacked ACK (its message id and token),
+a NON one by a NON response with the token and a fresh message id (this module's own counter, from a
+random start). The answer is always piggybacked, however long the publish takes (at most
+``connect_timeout``, then 5.03): the client's retransmissions meanwhile are absorbed by the deduplication
+below, and the answer reaches it either way. (aiocoap sends an empty ACK after 0.1 s and the answer as a
+separate CON; not needed here.)
 
 **Deduplication** (RFC 7252 §4.5). A request's (peer address, message id) is remembered with its answer:
 a CON retransmission within EXCHANGE_LIFETIME (247 s) is answered with the remembered answer (ignored
@@ -39,18 +41,16 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-import aiocoap
 from aiocoap.numbers.codes import Code
 
 from ferryman.actors.contracts import Grant
-from ferryman.actors.topics import validate_topic_filter, validate_topic_name
 
 from .auth import (
     INVALID,
+    CoapListenerState,
     Credentials,
     Entry,
     Principal,
-    check,
     credential_refusal,
     credentials_from_queries,
     refusal_message,
@@ -68,9 +68,7 @@ from .codec import (
     fit,
     parse,
 )
-from .context import CoapContext
-from .publish import MqttPort
-from .pump import PublishPump
+from .publish_core import Answer
 
 __all__ = [
     "DEDUP_MAX",
@@ -80,18 +78,22 @@ __all__ = [
     "Dedup",
     "FastPublish",
     "PublishTarget",
-    "query_options",
-    "topic_problem",
 ]
 
 
 class PublishTarget(Protocol):
-    """What the fast path uses of its ``mqtt_site.PublishSite`` (a structural type: the site builds the fast
-    path, so this module does not import it)."""
+    """What the datagram transport uses of its request core (``publish_core.PublishCore``)."""
 
-    ctx: CoapContext
-    port: MqttPort
-    pump: PublishPump
+    ctx: CoapListenerState
+
+    def publish(
+        self,
+        who: Principal,
+        topic: str,
+        payload: bytes,
+        queries: Iterable[str],
+        done: Callable[[Answer], None],
+    ) -> None: ...
 
 
 #: Larger payloads go to aiocoap (block-wise clients send at most 1024-byte blocks anyway).
@@ -103,8 +105,6 @@ NON_LIFETIME = 145.0
 DEDUP_MAX = 65536
 
 _POST, _PUT = 0x02, 0x03
-_CHANGED = int(Code.CHANGED)
-_SERVICE_UNAVAILABLE = int(Code.SERVICE_UNAVAILABLE)
 _INTERNAL_SERVER_ERROR = int(Code.INTERNAL_SERVER_ERROR)
 _ALLOWED = frozenset({URI_PATH, URI_QUERY, CONTENT_FORMAT, ACCEPT})
 _PENDING = b""  # the answer of an exchange still in progress
@@ -157,11 +157,11 @@ class Dedup:
 class FastPublish:
     """``codec.FastPath`` of a :class:`PublishSite` (called in the asyncio thread, per datagram)."""
 
-    def __init__(self, site: PublishTarget) -> None:
-        self.site = site
-        self.ctx = site.ctx
+    def __init__(self, core: PublishTarget) -> None:
+        self.core = core
+        self.ctx = core.ctx
         self.dedup = Dedup()
-        self.max_payload = min(MAX_PAYLOAD, int(site.ctx.settings.max_packet_size))
+        self.max_payload = min(MAX_PAYLOAD, int(core.ctx.settings.max_packet_size))
         self._mid = int.from_bytes(os.urandom(2), "big")
         #: Requests taken (diagnostics, tests).
         self.taken = 0
@@ -258,71 +258,15 @@ class FastPublish:
     def _authenticated(
         self, entry: Entry, request: tuple[list[str], list[str], bytes], answer: Callable[..., None]
     ) -> None:
-        """mqtt_site.PublishSite._post from the authentication on, for an eligible request."""
-        ctx = self.ctx
+        """From the authentication on: the request core decides and answers."""
         decision = entry.decision
         if not isinstance(decision, Grant):
-            ctx.count_refusal("connect")
+            self.ctx.count_refusal("connect")
             _refuse(answer, credential_refusal(decision), unauthenticated=True)
             return
         path, queries, payload = request
-        topic = "/".join(path)
-        problem = topic_problem(topic, wildcards=False)
-        if problem:
-            _refuse(answer, refusal_message(Code.BAD_REQUEST, problem))
-            return
-        options = query_options(queries, ctx.settings.publish_qos)
-        if isinstance(options, aiocoap.Message):
-            _refuse(answer, options)
-            return
-        qos, retain = options
-        refused = check(ctx, Principal(entry), "publish", topic, payload)
-        if refused is not None:
-            _refuse(answer, refused)
-            return
-        port = self.site.port
-
-        def published(failure: str | None) -> None:  # asyncio thread
-            if failure is None:
-                answer(_CHANGED)
-                return
-            ctx.log("INFO", "listener {!r}: publish to {} failed: {}", ctx.name, topic, failure)
-            _refuse(answer, refusal_message(Code.SERVICE_UNAVAILABLE, f"publish failed: {failure}"))
-
-        self.site.pump.submit(port, (topic, payload, qos, retain), published)
+        self.core.publish(Principal(entry), "/".join(path), payload, queries, lambda a: answer(*a))
 
 
-def _refuse(answer: Callable[..., None], message: aiocoap.Message, unauthenticated: bool = False) -> None:
+def _refuse(answer: Callable[..., None], message: Any, unauthenticated: bool = False) -> None:
     answer(int(message.code), bytes(message.payload), unauthenticated)
-
-
-def topic_problem(topic: str, wildcards: bool) -> str | None:
-    """Why the path may not be published to (or observed) on the broker: the bridge's one rule
-    (``validate_topic_name`` / ``validate_topic_filter``), answered 4.00 here rather than failing later."""
-    if not topic:
-        return "no topic: the path is the topic"
-    if wildcards:
-        problem = validate_topic_filter(topic)
-        return f"bad topic filter: {problem}" if problem else None
-    problem = validate_topic_name(topic)
-    return f"bad topic: {problem}" if problem else None
-
-
-def query_options(queries: Iterable[str], default_qos: int) -> tuple[int, bool] | aiocoap.Message:
-    """(qos, retain) from the Uri-Query values, or the 4.00 to answer."""
-    qos, retain = default_qos, False
-    for query in queries:
-        key, _, value = query.partition("=")
-        if key == "qos":
-            if value not in ("0", "1", "2"):
-                return refusal_message(Code.BAD_REQUEST, "qos must be 0, 1 or 2")
-            qos = int(value)
-        elif key == "retain":
-            flag = _FLAGS.get(value.lower())
-            if flag is None:
-                return refusal_message(Code.BAD_REQUEST, "retain must be 0 or 1")
-            retain = flag
-    return qos, retain
-
-
-_FLAGS = {"0": False, "false": False, "no": False, "1": True, "true": True, "yes": True, "": True}

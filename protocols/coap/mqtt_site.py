@@ -12,8 +12,11 @@
   listener stops (5.03 as the last notification).
 - Plain GET (no Observe), DELETE and others: 4.05 Method Not Allowed (publish mode keeps no state to read).
 
-Plain POST / PUT requests (no Block1, no unusual options, up to 1 KiB) take a fast path that skips aiocoap
-and gives the same answers: ``fast_publish.py``. Credentials and authorization: ``auth.py``. Requests run
+This is aiocoap's transport over the request core of publish mode (``publish_core.PublishCore``: what a
+publish means, the grant's interceptors, the batched hand-over to the bridge); the datagram transport
+(``fast_publish.py``) is the other one and takes the plain POST / PUT requests (no Block1, no unusual
+options, up to 1 KiB) before aiocoap sees them, with the same answers. aiocoap stays for what only it
+serves here: Observe, Block1 assembly and DTLS. Credentials and authorization: ``auth.py``. Requests run
 on the asyncio loop; the MQTT session is reached in the hub (``AsyncioHost.in_hub``).
 """
 
@@ -33,11 +36,12 @@ from aiocoap.resource import PathCapable, Resource
 from ferryman.actors.contracts import Refusal
 
 from .auth import Principal, authenticate, check, notify_unsubscribe, refusal_message, remote_of, topic_of
+from .blockwise import Block1Assembler, message_key
 from .context import CoapContext
-from .fast_publish import FastPublish, query_options, topic_problem
-from .observers import again_as_con, feed_block1, notify
+from .fast_publish import FastPublish
+from .observers import again_as_con, notify
 from .publish import MqttPort
-from .pump import PublishPump
+from .publish_core import PublishCore, topic_problem
 
 __all__ = ["PublishSite"]
 
@@ -51,13 +55,14 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
         super().__init__()
         self.ctx = ctx
         self.port = port  # the bridge's MQTT session (bridge/coap_mqtt.py), handed over by the listener
+        self.core = PublishCore(ctx, port)
+        self.uploads = Block1Assembler()  # Block1 uploads being assembled (blockwise.py)
         self.observations = 0
-        self.pump = PublishPump(ctx.host, ctx.timeout)
         self._stop_waiters: set[asyncio.Future[None]] = set()
         self.fast: FastPublish | None = None
         if not ctx.secure:  # a DTLS listener's datagrams are not plain CoAP
             # Plain POST / PUT requests skip aiocoap (fast_publish.py); everything else still reaches it.
-            self.fast = FastPublish(self)
+            self.fast = FastPublish(self.core)
             ctx.fast_path = self.fast
 
     def stop(self) -> None:
@@ -108,28 +113,21 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
             return refusal_message(
                 Code.REQUEST_ENTITY_TOO_LARGE, f"over {ctx.settings.max_packet_size} bytes"
             )
-        try:
-            whole = feed_block1(self._block1, request)
-        except aiocoap.error.RenderableError as exc:
-            reply: aiocoap.Message = exc.to_message()  # 2.31 Continue, 4.08 Incomplete
-            return reply
-        payload = bytes(whole.payload)
+        if block1 is None:
+            payload = bytes(request.payload)
+        else:
+            whole = self.uploads.feed(message_key(remote_of(request), request), request)
+            if isinstance(whole, aiocoap.Message):
+                return whole  # 2.31 Continue, 4.08 Incomplete, 4.00
+            payload = whole
         if len(payload) > ctx.settings.max_packet_size:
             return refusal_message(
                 Code.REQUEST_ENTITY_TOO_LARGE, f"over {ctx.settings.max_packet_size} bytes"
             )
-        options = query_options(request.opt.uri_query, ctx.settings.publish_qos)
-        if isinstance(options, aiocoap.Message):
-            return options
-        qos, retain = options
-        refused = check(ctx, who, "publish", topic, payload)
-        if refused is not None:
-            return refused
-        failure = await self.pump.publish(self.port, topic, payload, qos, retain)
-        if failure is not None:
-            ctx.log("INFO", "listener {!r}: publish to {} failed: {}", ctx.name, topic, failure)
-            return refusal_message(Code.SERVICE_UNAVAILABLE, f"publish failed: {failure}")
-        response = aiocoap.Message(code=Code.CHANGED)
+        code, text = await self.core.publish_async(who, topic, payload, request.opt.uri_query)
+        response = aiocoap.Message(code=Code(code), payload=text)
+        if code != Code.CHANGED:
+            return response
         if block1 is not None:
             response.opt.block1 = block1
         return response
@@ -150,19 +148,37 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
         if refused is not None:
             pipe.add_response(refused, is_last=True)
             return
-        observation = Observation(self, pipe, who, topic_filter, self.port)
+        try:
+            subscribed = self.core.subscription(who, topic_filter)
+        except Exception as exc:
+            ctx.log("ERROR", "listener {!r}: an interceptor failed on {}: {!r}", ctx.name, topic_filter, exc)
+            pipe.add_response(refusal_message(Code.INTERNAL_SERVER_ERROR, "interceptor failed"), is_last=True)
+            return
+        if subscribed is None:  # an interceptor dropped the subscription
+            pipe.add_response(refusal_message(Code.FORBIDDEN, f"not allowed: {topic_filter}"), is_last=True)
+            return
+        observation = Observation(self, pipe, who, topic_filter, self.port, subscribed)
         await ctx.observers.hold(remote_of(request), pipe, observation.run)
 
 
 class Observation:
     """One CoAP observation = one receiver of an MQTT filter (asyncio thread)."""
 
-    def __init__(self, site: PublishSite, pipe: Pipe, who: Principal, topic_filter: str, port: MqttPort):
+    def __init__(
+        self,
+        site: PublishSite,
+        pipe: Pipe,
+        who: Principal,
+        topic_filter: str,
+        port: MqttPort,
+        subscribed: str | None = None,
+    ):
         self.site = site
         self.ctx = site.ctx
         self.pipe = pipe
         self.who = who
-        self.topic_filter = topic_filter
+        self.topic_filter = topic_filter  # as the device asked for it
+        self.subscribed = subscribed if subscribed is not None else topic_filter  # after the interceptors
         self.port = port
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[str, bytes] | Refusal | None] = asyncio.Queue()
@@ -184,7 +200,7 @@ class Observation:
     def _subscribe(self, holder: dict[str, Any]) -> tuple[int, bool]:
         """In the hub: subscribes, and unsubscribes again when the observation ended meanwhile (its task
         cancelled while it waited: the awaited result is then dropped, see ``AsyncioHost.in_hub``)."""
-        key, ok = self.port.subscribe(self.topic_filter, self.deliver, self.ctx.timeout)
+        key, ok = self.port.subscribe(self.subscribed, self.deliver, self.ctx.timeout)
         holder["key"] = key
         if holder.get("gone") and key:
             self.port.unsubscribe(key)  # removing a receiver twice is harmless
@@ -239,8 +255,10 @@ class Observation:
                 if grant is None:
                     notify(self.pipe, refusal_message(Code.UNAUTHORIZED, "revoked"), is_last=True)
                     return
-                if not grant.auth_deliver(topic):
-                    continue
+                notified = self.site.core.notification(self.who, grant, topic, payload)
+                if notified is None:
+                    continue  # dropped by an interceptor, or not for this grant
+                payload = notified
                 number = (number + 1) & 0xFFFFFF
                 last = aiocoap.Message(code=Code.CONTENT, payload=payload)
                 note = aiocoap.Message(code=Code.CONTENT, payload=payload)

@@ -21,12 +21,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiocoap
-from aiocoap.blockwise import Block1Spool, IncompleteException
 from aiocoap.numbers.codes import Code
 
 from .auth import CoapListenerState, refusal_message
 
-__all__ = ["ObserverBook", "again_as_con", "feed_block1", "notify", "pipe_ended"]
+__all__ = ["ObserverBook", "again_as_con", "notify", "pipe_ended"]
 
 #: Max-Age of the 5.03 answered when the listener holds ``max_observations`` (seconds).
 FULL_RETRY = 60
@@ -126,14 +125,3 @@ def notify(pipe: Any, response: aiocoap.Message, is_last: bool = False) -> bool:
             return False
         raise
     return True
-
-
-def feed_block1(spool: Block1Spool, request: aiocoap.Message) -> aiocoap.Message:
-    """``spool.feed_and_take(request)``, but a block that does not continue the upload where it stands (out
-    of sequence, a lost block, a block size changed without renumbering) is answered 4.08 Request Entity
-    Incomplete (RFC 7959 2.9.2), as a block with no upload begun is: aiocoap raises a bare ValueError
-    there, which became 5.00. Raises ContinueException (2.31) or IncompleteException (4.08)."""
-    try:
-        return spool.feed_and_take(request)
-    except ValueError:
-        raise IncompleteException from None

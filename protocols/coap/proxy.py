@@ -9,43 +9,56 @@ Per request (asyncio thread, aiocoap's render task):
    Observe = 0 ``auth_subscribe`` (``on_subscribe`` is told), a plain GET / FETCH (and a deregistration,
    Observe = 1) needs the same subscribe right to read the topic, told nothing. 4.03 otherwise; the target
    sees nothing of a refused request.
-3. Forwarding (``proxy_upstream.py``): options kept but those of the hop, ``auth`` removed, the target's
-   answer relayed (code, payload, options). 5.04 when the target does not answer within
-   ``connect_timeout``, 5.02 when it cannot be reached.
+3. Forwarding (``proxy_core.py``, over the listener's one ``upstream.UpstreamClient``): options kept but
+   those of the hop, ``auth`` removed, the target's answer relayed (code, payload, options). 5.04 when the
+   target does not answer within ``connect_timeout``, 5.02 when it cannot be reached.
+
+This is aiocoap's transport over the proxy's request core (``proxy_core.py``); the datagram transport
+(``proxy_fast.py``) takes the plain requests before aiocoap sees them and is what carries the speed (see
+``proxy_core.py`` for the measurement). aiocoap stays for Observe, Block1 uploads, unusual options and
+DTLS.
 
 Refusals and quick answers go back piggybacked in the ACK of a CON request (aiocoap's message layer uses
 the request's message id and token); a slow answer gets an empty ACK first and comes as a separate
 response of the request's type (CON or NON).
 
 Block-wise: the client's Block1 upload is reassembled here (up to ``max_packet_size`` bytes, 4.13 beyond)
-before it is authorized and forwarded whole (aiocoap splits it again towards the target); the target's
-response is reassembled by aiocoap and served to the client in Block2 blocks of the client's size. A
-topic the grant refuses is refused at the first block (when the grant decides by topic alone). Partial
-uploads and served responses are kept ``MAX_TRANSMIT_WAIT`` (93 s) after their last use, then dropped.
+before it is authorized and forwarded whole (the upstream client splits it again towards the target); the
+target's response is reassembled by the upstream client and served to the client in Block2 blocks of the
+client's size from the listener's one ``blockwise.Block2Store``. A topic the grant refuses is refused at
+the first block (when the grant decides by topic alone). Partial uploads and served responses are kept
+``MAX_TRANSMIT_WAIT`` (93 s) after their last use, then dropped.
 
 Observe: ``proxy_observe.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import aiocoap
 from aiocoap import interfaces
-from aiocoap.blockwise import Block1Spool, Block2Cache, ContinueException, IncompleteException
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
+from aiocoap.numbers.types import NON
 from aiocoap.pipe import Pipe
 from aiocoap.resource import PathCapable
 
 from .auth import Principal, action_of, authenticate, authorize, refusal_message, remote_of, topic_of
+from .blockwise import Block1Assembler, Block2Store, as_message, message_key, options_of
 from .context import CoapContext
-from .observers import feed_block1
+from .proxy_core import (
+    UpstreamError,
+    forwarded_options,
+    path_prefix,
+    read_refusal,
+    relayed_message,
+    unsupported_options,
+)
 from .proxy_fast import FastProxy, fast_path_enabled
 from .proxy_observe import Relay
-from .proxy_upstream import Upstream, UpstreamError, forwarded_request, relayed_response, unsupported_options
+from .upstream import UpstreamClient
 
 __all__ = ["ProxySite", "build_site"]
 
@@ -58,7 +71,7 @@ def build_site(ctx: CoapContext) -> ProxySite:
     requests (``proxy_fast.py``), which takes them before aiocoap sees them."""
     site = ProxySite(ctx)
     if fast_path_enabled(ctx):
-        site.fast = FastProxy(ctx)
+        site.fast = FastProxy(ctx, site.blocks, site.upstream)
         ctx.fast_path = site.fast
     return site
 
@@ -68,12 +81,14 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
         super().__init__()
         self.ctx = ctx
         target = ctx.settings.parsed_target
-        self.upstream = Upstream(target.host, target.port, target.path, ctx.timeout, ctx.name)
+        #: The one client towards the target, shared with the datagram path (upstream.py).
+        self.upstream = UpstreamClient(str(target.host), int(target.port), ctx.timeout, ctx.log, ctx.name)
+        self.prefix = path_prefix(str(target.path))
         self.max_body = int(getattr(ctx.settings, "max_packet_size", 1 << 20))
         self.relays: set[Relay] = set()
-        self._block1: Block1Spool | None = None  # made on the loop (their timers need it)
-        self._block2: Block2Cache | None = None
-        self._closing: asyncio.Future[None] | None = None
+        self.uploads = Block1Assembler()  # the client's Block1 uploads being assembled (blockwise.py)
+        #: The one owner of Block2 transfers to clients, shared with the datagram path (blockwise.py).
+        self.blocks = Block2Store()
         self.fast: FastProxy | None = None
         ctx.host.to_hub(_state_gauges, ctx, self)
 
@@ -88,8 +103,8 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
         fast = self.fast.sizes() if self.fast is not None else dict.fromkeys(_FAST_KINDS, 0)
         return {
             "observations": len(self.relays),
-            "block1": len(getattr(getattr(self._block1, "_assemblies", None), "_items", ())),
-            "block2": len(getattr(getattr(self._block2, "_completes", None), "_items", ())),
+            "block1": len(self.uploads),
+            "block2": self.blocks.sizes()["block2"],
             **fast,
         }
 
@@ -100,11 +115,12 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
             relay.end(refusal_message(Code.SERVICE_UNAVAILABLE, "server shutting down"))
         if self.fast is not None:
             self.fast.close()
-        self._closing = asyncio.ensure_future(self.upstream.close())
+        self.blocks.clear()
+        self.uploads.clear()
+        self.upstream.close()
 
     async def shutdown(self) -> None:
         self.stop()
-        await self.upstream.close()
 
     # -- aiocoap's resource interface --------------------------------------------------------------------
     async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
@@ -135,13 +151,9 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
         action = action_of(request)
         block2 = request.opt.block2
         if block2 is not None and block2.block_number > 0 and request.opt.block1 is None:
-            # A later block of a response already served (and authorized): from the cache, whose keys hold
-            # the peer's address and every option, the credentials included. A large response forwarded by
-            # the fast path is kept there, under the same kind of key.
-            fast = self.fast.cached_block(remote_of(request), request) if self.fast is not None else None
-            if fast is None:
-                fast = await self._cached_block(request)
-            pipe.add_response(fast, is_last=True)
+            # A later block of a response already served (and authorized): from the store, whose keys hold
+            # the peer's address and every option, the credentials included.
+            pipe.add_response(self._cached_block(request), is_last=True)
             return
         if action == "publish":
             await self._publish(pipe, principal, topic, request)
@@ -156,13 +168,12 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
                 return
 
             async def relay() -> None:
-                remote = await self.upstream.remote()
-                forwarded = forwarded_request(request, request.payload, self.upstream.prefix, remote, 0)
-                await Relay(ctx, self.upstream, pipe, principal, topic, self._fit, self.relays).run(forwarded)
+                relay = Relay(ctx, self.upstream, pipe, principal, topic, self._fit, self.relays)
+                await relay.run(int(request.code), self._forwarded(request), request.mtype != NON)
 
             await ctx.observers.hold(remote_of(request), pipe, relay)
             return
-        refusal = self._read_refusal(principal, topic, request)
+        refusal = read_refusal(ctx, principal, topic)
         if refusal is None and action == "unsubscribe":
             refusal = await authorize(ctx, principal, "unsubscribe", topic)
         if refusal is not None:
@@ -184,31 +195,21 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
                 too_large.opt.size1 = self.max_body
                 pipe.add_response(too_large, is_last=True)
                 return
-            try:
-                request = feed_block1(self._spool(), request)
-            except (ContinueException, IncompleteException) as exc:
-                pipe.add_response(exc.to_message(), is_last=True)
+            whole = self.uploads.feed(self._key(request), request)
+            if isinstance(whole, aiocoap.Message):
+                pipe.add_response(whole, is_last=True)  # 2.31 Continue, 4.08 Incomplete, 4.00
                 return
-        refusal = await authorize(self.ctx, principal, "publish", topic, request.payload)
+            payload = whole
+        else:
+            payload = bytes(request.payload)
+        refusal = await authorize(self.ctx, principal, "publish", topic, payload)
         if refusal is not None:
             pipe.add_response(refusal, is_last=True)
             return
-        response = await self._exchange(request, request.payload)
+        response = await self._exchange(request, payload)
         if block1 is not None:
-            response.opt.block1 = request.opt.block1
+            response.opt.block1 = block1
         pipe.add_response(response, is_last=True)
-
-    def _read_refusal(
-        self, principal: Principal, topic: str, request: aiocoap.Message
-    ) -> aiocoap.Message | None:
-        """Reading a topic (GET / FETCH without a registration) needs the right to subscribe to it."""
-        grant = principal.grant
-        if grant is None:
-            return refusal_message(Code.UNAUTHORIZED, "revoked")
-        if grant.auth_subscribe(topic):
-            return None
-        self.ctx.count_refusal("subscribe")
-        return refusal_message(Code.FORBIDDEN, f"not allowed: {topic}")
 
     def _unforwardable(self, request: aiocoap.Message) -> aiocoap.Message | None:
         opt = request.opt
@@ -222,58 +223,47 @@ class ProxySite(interfaces.Resource, PathCapable):  # type: ignore[misc]  # aioc
     # -- forwarding and Block2 ---------------------------------------------------------------------------
     async def _exchange(self, request: aiocoap.Message, payload: bytes) -> aiocoap.Message:
         """Forwards ``request`` and returns the target's answer, cut to the client's block size."""
-
-        async def forward() -> aiocoap.Message:
-            remote = await self.upstream.remote()
-            handle = self.upstream.request(
-                forwarded_request(request, payload, self.upstream.prefix, remote, None)
-            )
-            try:
-                return relayed_response(await self.upstream.response(handle))
-            except UpstreamError as exc:
-                return exc.to_message()
-
-        return await self._blocks().extract_or_insert(request, forward)
+        block2 = request.opt.block2
+        if block2 is not None and block2.block_number > 0:
+            return self._cached_block(request)
+        whole, problem = await self.upstream.request(
+            int(request.code), self._forwarded(request), bytes(payload), request.mtype != NON
+        )
+        if whole is None:
+            assert problem is not None
+            return UpstreamError(*problem).to_message()
+        response = relayed_message(whole)
+        return await self._fit(request, response)
 
     async def _fit(self, request: aiocoap.Message, response: aiocoap.Message) -> aiocoap.Message:
-        """``response`` as the client gets it: whole, or its first block (the rest from the cache)."""
-        if len(response.payload) <= request.remote.maximum_payload_size and request.opt.block2 is None:
+        """``response`` as the client gets it: whole, or its first block (the rest from the store)."""
+        block2 = request.opt.block2
+        if block2 is not None and block2.block_number > 0:
+            block2 = None  # a notification for a registration that asked for a later block: from the start
+        remote = request.remote
+        if len(response.payload) <= remote.maximum_payload_size and (
+            block2 is None or len(response.payload) <= block2.size
+        ):
             return response
+        key = self._key(request)
+        self.blocks.keep(key, int(response.code), options_of(response), bytes(response.payload), fast=False)
+        szx = block2.size_exponent if block2 is not None else remote.maximum_block_size_exp
+        block = self.blocks.block(key, 0, min(szx, 6))
+        assert block is not None  # just kept
+        return as_message(block)
 
-        async def ready() -> aiocoap.Message:
-            return response
+    def _cached_block(self, request: aiocoap.Message) -> aiocoap.Message:
+        block2 = request.opt.block2
+        block = self.blocks.block(self._key(request), block2.block_number, block2.size_exponent)
+        if block is None:
+            return aiocoap.Message(code=Code.REQUEST_ENTITY_INCOMPLETE)
+        return as_message(block)
 
-        fitted: aiocoap.Message = await self._blocks().extract_or_insert(_first_block_of(request), ready)
-        return fitted
+    def _forwarded(self, request: aiocoap.Message) -> list[tuple[int, bytes]]:
+        return forwarded_options(options_of(request), self.prefix)
 
-    async def _cached_block(self, request: aiocoap.Message) -> aiocoap.Message:
-        async def missing() -> aiocoap.Message:  # never called for a block number > 0
-            raise IncompleteException
-
-        try:
-            block: aiocoap.Message = await self._blocks().extract_or_insert(request, missing)
-        except IncompleteException as exc:
-            return exc.to_message()
-        return block
-
-    def _spool(self) -> Block1Spool:
-        if self._block1 is None:
-            self._block1 = Block1Spool()
-        return self._block1
-
-    def _blocks(self) -> Block2Cache:
-        if self._block2 is None:
-            self._block2 = Block2Cache()
-        return self._block2
-
-
-def _first_block_of(request: aiocoap.Message) -> aiocoap.Message:
-    """The registration without a Block2 option past 0, so the cache builds the response (Block2 keys
-    ignore Observe and Block options: later GETs of the other blocks find it)."""
-    block2 = request.opt.block2
-    if block2 is None or block2.block_number == 0:
-        return request
-    return request.copy(block2=None)
+    def _key(self, request: aiocoap.Message) -> tuple[Any, ...]:
+        return message_key(remote_of(request), request)
 
 
 def _state_gauges(ctx: CoapContext, site: ProxySite) -> None:

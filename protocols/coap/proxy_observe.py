@@ -10,7 +10,10 @@ side's pipe). It lives exactly as long as both ends keep the observation, with n
 - a handler revokes the credentials (4.01 as the last notification) or the listener stops (5.03).
 
 Whatever ends it, the ``finally`` of :meth:`Relay.run` cancels the upstream observation (and tells the
-target at once: GET Observe = 1), releases the session and tells ``on_unsubscribe``.
+target at once: GET Observe = 1), releases the session and tells ``on_unsubscribe``. The upstream
+observation is the listener's one upstream client's (``upstream.UpstreamClient.observe``); a notification
+the target sends in Block2 blocks is fetched whole (``UpstreamClient.complete``) and served to the client
+in blocks from the listener's one Block2 store (``blockwise.py``).
 
 Notifications keep the client's message type (CON registration: CON notifications); a NON observer gets
 every fifth notification, and one at least every minute (or ``observe_check_interval``), as CON; and an
@@ -25,20 +28,20 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiocoap
-from aiocoap import error as coap_error
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import NON
 from aiocoap.pipe import Pipe
-from loguru import logger
 
 from ferryman.actors.contracts import Refusal, RefusalCode
 
 from .auth import Principal, notify_unsubscribe, refusal_message
+from .codec import OBSERVE, Datagram
 from .observers import again_as_con, notify, pipe_ended
-from .proxy_upstream import Upstream, UpstreamError, relayed_response
+from .proxy_core import UpstreamError, relayed_message
+from .upstream import Problem, UpstreamClient
 
 if TYPE_CHECKING:
     from .context import CoapContext
@@ -60,7 +63,7 @@ class Relay:
     def __init__(
         self,
         ctx: CoapContext,
-        upstream: Upstream,
+        upstream: UpstreamClient,
         pipe: Pipe,
         principal: Principal,
         topic: str,
@@ -82,51 +85,54 @@ class Relay:
         self.last: aiocoap.Message | None = None  # the last notification, as handed to aiocoap
         self._check: asyncio.TimerHandle | None = None
 
-    async def run(self, forwarded: aiocoap.Message) -> None:
+    async def run(self, code: int, options: list[tuple[int, bytes]], con: bool) -> None:
+        """The relay's whole life: registers ``options`` (forwarded, without Observe) with the target."""
         request = self.pipe.request
-        handle: Any = None
-        registered: tuple[bytes, Any] | None = None  # the upstream observation's token and remote
+        queue: asyncio.Queue[tuple[Datagram | None, Problem | None]] = asyncio.Queue()
+        observation = None
         self.registry.add(self)
         self.principal.hold(self.revoked)
         try:
-            handle = self.upstream.request(forwarded)
-            first = await self.upstream.response(handle)
-            observation = handle.observation
-            if first.opt.observe is not None and first.token is not None and first.remote is not None:
-                registered = (first.token, first.remote)
-            established = (
-                first.opt.observe is not None
-                and first.code.is_successful()
-                and observation is not None
-                and not observation.cancelled
-            )
-            self._send(await self.fit(request, relayed_response(first)), final=not established)
+            observation = self.upstream.observe(code, options, con, lambda m, p: queue.put_nowait((m, p)))
+            first, problem = await queue.get()
+            if first is not None:
+                established = first.option(OBSERVE) is not None and _successful(first.code)
+                first, problem = await self.upstream.complete(code, options, con, first)
+            if first is None:
+                assert problem is not None
+                self._send(UpstreamError(*problem).to_message(), final=True)
+                return
+            self._send(await self.fit(request, relayed_message(first)), final=not established)
             if not established:
                 return
-            try:
-                async for notification in observation:
-                    final = notification.opt.observe is None or not notification.code.is_successful()
-                    self._send(await self.fit(request, relayed_response(notification)), final)
-                    if final:
-                        return
-            except coap_error.Error as exc:
-                logger.info("listener {!r}: observation of {} lost: {!r}", self.ctx.name, self.topic, exc)
+            while True:
+                note, problem = await queue.get()
+                if note is None:
+                    self.ctx.log(
+                        "INFO",
+                        "listener {!r}: observation of {} lost: {}",
+                        self.ctx.name,
+                        self.topic,
+                        problem,
+                    )
+                    break
+                final = note.option(OBSERVE) is None or not _successful(note.code)
+                note, problem = await self.upstream.complete(code, options, con, note)
+                if note is None:
+                    assert problem is not None
+                    self._send(UpstreamError(*problem).to_message(), final=True)
+                    return
+                self._send(await self.fit(request, relayed_message(note)), final)
+                if final:
+                    return
             self._send(refusal_message(Code.BAD_GATEWAY, "the target ended the observation"), final=True)
-        except UpstreamError as exc:
-            self._send(exc.to_message(), final=True)
         finally:
             self.ended = True
             if self._check is not None:
                 self._check.cancel()
             self.registry.discard(self)
-            if handle is not None:
-                observation = handle.observation
-                if observation is not None and not observation.cancelled:
-                    observation.cancel()
-                if registered is not None:
-                    self.upstream.deregister(*registered, forwarded)
-                if not handle.response.done():
-                    handle.response.cancel()
+            if observation is not None:
+                observation.cancel()  # tells the target at once when it holds the observation
             self.principal.release(self.revoked)
             notify_unsubscribe(self.ctx, self.principal, self.topic)
 
@@ -179,3 +185,7 @@ class Relay:
         if refusal.code in (RefusalCode.BAD_CREDENTIALS, RefusalCode.BANNED):
             code = Code.UNAUTHORIZED
         self.end(refusal_message(code, refusal.reason or "revoked"))
+
+
+def _successful(code: int) -> bool:
+    return code >> 5 == 2

@@ -8,8 +8,8 @@ greenlet, and answers every waiting request with one ``call_soon_threadsafe``. O
 reach the MQTT session in arrival order (the batches' greenlets start in hand-over order and each queues
 its whole batch before it first waits).
 
-Two entry points, both in the asyncio thread: ``await publish(...)`` (aiocoap's request path) and
-``submit(..., done)`` (the fast path: a plain callback, no future and no task per request).
+One entry point, in the asyncio thread: ``submit(..., done)`` (a plain callback, no future and no task per
+request), called by the request core of publish mode (``publish_core.PublishCore``) for both transports.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ _IN_FLIGHT = 2
 
 
 class PublishPump:
-    """Owned by one site; ``publish`` and ``submit`` are called in the asyncio thread."""
+    """Owned by one request core (publish_core.py); ``submit`` is called in the asyncio thread."""
 
     def __init__(self, host: AsyncioHost, timeout: float) -> None:
         self.host = host
@@ -48,17 +48,6 @@ class PublishPump:
         self._dones: list[Done] = []
         self._in_flight = 0  # batches in the hub
         self._scheduled = False  # a hand-over is scheduled at the end of this loop iteration
-
-    async def publish(self, port: MqttPort, topic: str, payload: bytes, qos: int, retain: bool) -> str | None:
-        """None once the bridge's MQTT session took the message, else why not."""
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-
-        def done(result: str | None) -> None:
-            if not future.done():
-                future.set_result(result)
-
-        self.submit(port, (topic, payload, qos, retain), done)
-        return await future
 
     def submit(self, port: MqttPort, item: Item, done: Done) -> None:
         """Queues ``item``; ``done(result)`` is called later in the asyncio thread."""
