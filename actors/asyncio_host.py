@@ -36,7 +36,7 @@ import gevent.lock
 from gevent import monkey
 from loguru import logger
 
-__all__ = ["AsyncioHost", "HostLease"]
+__all__ = ["AsyncioHost", "HostLease", "SharedHost"]
 
 T = TypeVar("T")
 
@@ -321,30 +321,45 @@ def _log_error(exc: BaseException) -> None:
     logger.opt(exception=exc).error("asyncio host task failed")
 
 
-class HostLease:
-    """A hold on the process's one shared :class:`AsyncioHost` (every asyncio library runs on the same
-    loop: slixmpp for the XMPP bridge, aiocoap for CoAP listeners). The host starts with the first lease
-    and stops when the last one is released; ``stop`` releases (so a lease can sit among the Gateway's
-    parts, which are stopped in reverse)."""
-
-    _shared: AsyncioHost | None = None
-    _holders = 0
-    _guard = gevent.lock.Semaphore()
+class SharedHost:
+    """The one :class:`AsyncioHost` of a Gateway, for every asyncio library it runs (slixmpp for the XMPP
+    bridge, aiocoap for CoAP listeners: one loop). Built by the Gateway and handed to what needs it (the
+    bridge component, listeners through ``ListenerServices.asyncio``); the host starts with the first
+    :meth:`lease` and stops when the last lease is released, so a gateway with no asyncio user runs no
+    loop thread."""
 
     def __init__(self) -> None:
-        with HostLease._guard:
-            if HostLease._shared is None:
-                HostLease._shared = AsyncioHost()
-            HostLease._shared.start()
-            HostLease._holders += 1
-            self.host: AsyncioHost = HostLease._shared
-            self._held = True
+        self._host: AsyncioHost | None = None
+        self._holders = 0
+        self._guard = gevent.lock.Semaphore()
+
+    def lease(self) -> HostLease:
+        """A hold on the running host; release it with ``stop()``."""
+        with self._guard:
+            if self._host is None:
+                self._host = AsyncioHost()
+            self._host.start()
+            self._holders += 1
+            return HostLease(self, self._host)
+
+    def release(self, timeout: float) -> None:
+        """One lease fewer (what ``HostLease.stop`` calls); the last one stops the host."""
+        with self._guard:
+            self._holders -= 1
+            if self._holders == 0 and self._host is not None:
+                self._host.stop(timeout)
+
+
+class HostLease:
+    """A hold on a :class:`SharedHost`'s running host (``host``); ``stop`` releases it, once (so a lease
+    can sit among the Gateway's parts, which are stopped in reverse)."""
+
+    def __init__(self, shared: SharedHost, host: AsyncioHost) -> None:
+        self._shared = shared
+        self.host = host
+        self._held = True
 
     def stop(self, timeout: float = 5) -> None:
-        with HostLease._guard:
-            if not self._held:
-                return
+        if self._held:
             self._held = False
-            HostLease._holders -= 1
-            if HostLease._holders == 0 and HostLease._shared is not None:
-                HostLease._shared.stop(timeout)
+            self._shared.release(timeout)

@@ -18,6 +18,7 @@ import gevent
 import pykka
 from loguru import logger
 
+from .asyncio_host import SharedHost
 from .bootstrap import verify
 from .client_ids import ClientIdBinding
 from .contracts import Refusal, RefusalCode
@@ -65,7 +66,9 @@ class Gateway:
         # join the chain after the configured ones, and the program, not the Gateway, stops them.
         self.given_handlers: list[pykka.ActorRef[Any]] = list(handlers)
         self.parts: list[Any] = []
-        self.services = ListenerServices()
+        #: The one asyncio loop of this gateway (slixmpp, aiocoap), running while someone holds a lease.
+        self.asyncio = SharedHost()
+        self.services = ListenerServices(asyncio=self.asyncio)
         self.metrics = Metrics()
         self.router: pykka.ActorRef[Any] | None = None
         self.handlers: list[pykka.ActorRef[Any]] = []
@@ -127,7 +130,7 @@ class Gateway:
             else:
                 self.parts.extend(built)
         # Everything a listener uses beside its settings, the chain and the metrics: built above, handed over.
-        self.services = ListenerServices(router=self.router, ports=ports)
+        self.services = ListenerServices(router=self.router, ports=ports, asyncio=self.asyncio)
         for ls in s.listeners:
             listener_cls = self.listener_class(ls.protocol)
             problems = listener_cls.validate_settings(ls)

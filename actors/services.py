@@ -15,6 +15,7 @@ from typing import Any
 
 import pykka
 
+from .asyncio_host import SharedHost
 from .errors import GatewayError
 
 __all__ = ["Built", "ListenerServices"]
@@ -34,10 +35,12 @@ class Built:
 
 @dataclass(frozen=True)
 class ListenerServices:
-    """The Gateway's collaborators for its listeners: its Router and the ports its components offer."""
+    """The Gateway's collaborators for its listeners: its Router, the ports its components offer, and
+    its asyncio host (``asyncio.lease()``, for listeners built on asyncio libraries: CoAP)."""
 
     router: pykka.ActorRef[Any] | None = None
     ports: Mapping[str, Any] = field(default_factory=dict)
+    asyncio: SharedHost = field(default_factory=SharedHost)
 
     def publish_port(self, kind: str, listener: str) -> Any:
         """The port of ``kind`` for a publish-mode listener (``target = "mqtt"``); GatewayError when the

@@ -16,7 +16,6 @@ from typing import Any
 
 import pykka
 
-from ferryman.actors.asyncio_host import HostLease
 from ferryman.actors.gateway import Built, Gateway, GatewayError, load_entry_point
 from ferryman.actors.rules import RULES_GROUP, RuleActor, RuleContext
 from ferryman.bridge.authz import XmppJidHandler
@@ -59,7 +58,7 @@ def build_bridge(gateway: Gateway) -> Built:
     route = gateway.router.proxy().route
     parts: list[Any] = []
     if bridge.xmpp is not None:
-        lease = HostLease()  # the loop CoAP listeners share
+        lease = gateway.asyncio.lease()  # the loop CoAP listeners share
         host = lease.host
         parts.append(lease)
     mqtt = MqttBridgeClient.start(

@@ -1,10 +1,11 @@
-"""The ``coap`` listener actor: an aiocoap server (UDP) on the process's one shared asyncio loop, in front
+"""The ``coap`` listener actor: an aiocoap server (UDP) on the Gateway's one asyncio loop, in front
 of a CoAP server (proxy mode, ``target = "coap://..."``: ``proxy.build_site``) or turning requests into
 MQTT publishes and Observe into MQTT subscriptions of the bridge (``target = "mqtt"``: ``mqtt_site``).
 
-The actor lives among the greenlets; aiocoap lives on the asyncio loop of a ``HostLease``. The actor only
-starts and stops the aiocoap context (``AsyncioHost.run``) and hands the bridge's port over
-(``call_soon``); requests never pass through the actor.
+The actor lives among the greenlets; aiocoap lives on the Gateway's asyncio loop (a lease of
+``services.asyncio``, handed over by the Gateway like the bridge's port). The actor only starts and stops
+the aiocoap context (``AsyncioHost.run``) and hands the bridge's port over (``call_soon``); requests never
+pass through the actor.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import aiocoap
 import pykka
 from loguru import logger
 
-from ferryman.actors.asyncio_host import HostLease
 from ferryman.actors.contracts import Refusal
 from ferryman.actors.errors import GatewayError
 from ferryman.actors.handler import HandlerChain
@@ -93,7 +93,7 @@ class CoapListener(pykka.ThreadingActor):
         services = services if services is not None else ListenerServices()
         # The bridge's MQTT port (bridge/coap_mqtt.py), handed over by the Gateway; GatewayError without.
         self.port: MqttPort | None = services.publish_port(PORT, settings.name) if target.is_publish else None
-        self.lease = HostLease()
+        self.lease = services.asyncio.lease()
         self.host = self.lease.host
         self.dtls = bool(settings.psk)
         self.cert_dtls = settings.tls is not None and not self.dtls

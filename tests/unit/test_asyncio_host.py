@@ -297,9 +297,10 @@ def test_stop_times_out_while_the_thread_is_busy() -> None:
 
 
 def test_leases_share_one_host_until_the_last_is_released() -> None:
-    from ferryman.actors.asyncio_host import HostLease
+    from ferryman.actors.asyncio_host import SharedHost
 
-    first, second = HostLease(), HostLease()
+    shared = SharedHost()
+    first, second = shared.lease(), shared.lease()
     assert first.host is second.host and first.host.running
     first.stop()
     first.stop()  # a second release of the same lease changes nothing
@@ -307,7 +308,7 @@ def test_leases_share_one_host_until_the_last_is_released() -> None:
     assert second.host.run(asyncio.sleep(0, result="still here"), timeout=5) == "still here"
     second.stop()
     assert not second.host.running
-    third = HostLease()  # and it starts again for a new holder
+    third = shared.lease()  # and it starts again for a new holder
     try:
         assert third.host.running
     finally:
