@@ -42,6 +42,7 @@ from ferryman.actors.asyncio_host import AsyncioHost
 from ferryman.actors.contracts import Grant, Refusal, RefusalCode, Session, next_session_id
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
+from ferryman.protocols.addresses import plain_address
 from ferryman.protocols.credentials import (
     INVALID,
     CachedDecision,
@@ -193,10 +194,7 @@ def remote_of(request: aiocoap.Message) -> tuple[str, int]:
     if sockaddr is None:
         sockaddr = getattr(getattr(remote, "_underlying_address", None), "sockaddr", None)
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
-        host = str(sockaddr[0])
-        if host.startswith("::ffff:") and "." in host:
-            host = host[7:]
-        return host, int(sockaddr[1])
+        return plain_address(sockaddr)
     return "?", 0
 
 

@@ -44,6 +44,8 @@ from typing import Any, cast
 
 from OpenSSL import SSL, crypto
 
+from ferryman.protocols.addresses import plain_address
+
 __all__ = [
     "HANDSHAKE_TIMEOUT",
     "IDLE_TIMEOUT",
@@ -167,13 +169,6 @@ def _is_client_hello(data: bytes) -> bool:
     return len(data) > _RECORD_HEADER and data[0] == _HANDSHAKE and data[3:5] == b"\0\0" and data[13] == 1
 
 
-def _plain(sockaddr: PeerAddress) -> tuple[str, int]:
-    host = str(sockaddr[0])
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    return host, int(sockaddr[1])
-
-
 @dataclass(eq=False)
 class _Peer:
     conn: SSL.Connection
@@ -245,7 +240,7 @@ class DtlsTerminator(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: PeerAddress) -> None:
         if self.closed:
             return
-        key = _plain(addr)
+        key = plain_address(addr)
         peer = self.peers.get(key)
         try:
             if peer is None:
@@ -391,7 +386,7 @@ class DtlsTerminator(asyncio.DatagramProtocol):
 
     def send_to(self, plain: bytes, sockaddr: PeerAddress) -> bool:
         """Encrypts ``plain`` to the peer at ``sockaddr`` (aiocoap's answers); False if it has no session."""
-        key = _plain(sockaddr)
+        key = plain_address(sockaddr)
         peer = self.peers.get(key)
         if peer is None or not peer.ready:
             return False
@@ -463,7 +458,7 @@ class DtlsTerminator(asyncio.DatagramProtocol):
 
     def identity_of(self, sockaddr: PeerAddress) -> str | None:
         """The verified certificate identity of the peer at ``sockaddr`` (None: none, or no session)."""
-        peer = self.peers.get(_plain(sockaddr))
+        peer = self.peers.get(plain_address(sockaddr))
         return peer.identity if peer is not None and peer.ready else None
 
     def sweep(self) -> int:

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from aiocoap.numbers.codes import Code
 
 from ferryman.actors.contracts import Grant
+from ferryman.protocols.addresses import plain_address
 
 from .auth import (
     INVALID,
@@ -227,10 +228,7 @@ class FastPublish:
             ctx.count_refusal("connect")
             _refuse(answer, refusal_message(Code.UNAUTHORIZED, "empty auth option"), unauthenticated=True)
             return True
-        host, remote_port = address[0], address[1]
-        if host.startswith("::ffff:") and "." in host:
-            host = host[7:]
-        remote = (host, int(remote_port))
+        remote = plain_address(address)
         entry = ctx.auth.lookup(remote, creds)
         request = (path, queries, msg.payload)
         if entry is not None:

@@ -28,6 +28,7 @@ from ferryman.actors.errors import GatewayError
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 from ferryman.actors.services import ListenerServices
+from ferryman.protocols.addresses import plain_address, v4_mapped
 
 from .auth import is_authenticated, shrink
 from .codec import screen
@@ -355,12 +356,8 @@ async def _terminate(context: aiocoap.Context, ctx: CoapContext, bind: tuple[str
     loop = asyncio.get_running_loop()
     sock = _udp_socket(*bind)
     await loop.create_datagram_endpoint(lambda: terminator, sock=sock)
-    host, port = sock.getsockname()[:2]
-    host = str(host)
-    if host.startswith("::ffff:"):
-        host = host[7:]
-    terminator.address = (host, int(port))
-    local = host if ":" in host else f"::ffff:{host}"
+    terminator.address = plain_address(sock.getsockname())
+    local = v4_mapped(terminator.address[0])
     pktinfo = socket.inet_pton(socket.AF_INET6, local) + struct.pack("I", 0)
     holder["ancdata"] = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)]
 
@@ -393,7 +390,7 @@ def _v6(sockaddr: tuple[Any, ...]) -> tuple[Any, ...]:
     if len(sockaddr) >= 4:
         return tuple(sockaddr[:4])
     host = str(sockaddr[0])
-    return (host if ":" in host else f"::ffff:{host}", int(sockaddr[1]), 0, 0)
+    return (v4_mapped(host), int(sockaddr[1]), 0, 0)
 
 
 def _udp_socket(host: str, port: int) -> socket.socket:
@@ -426,8 +423,5 @@ def _bound_address(context: aiocoap.Context, bind: tuple[str, int]) -> tuple[str
             continue
         sockname = transport.get_extra_info("sockname")
         if sockname:
-            host = str(sockname[0])
-            if host.startswith("::ffff:"):
-                host = host[7:]
-            return host, int(sockname[1])
+            return plain_address(sockname)
     return bind

@@ -52,6 +52,7 @@ from typing import Any
 from aiocoap.numbers.codes import Code
 
 from ferryman.actors.contracts import Grant
+from ferryman.protocols.addresses import plain_address
 
 from .auth import INVALID, Credentials, Entry, Principal, check, credential_refusal, credentials_from_queries
 from .blockwise import RESPONSE_HOP as _RESPONSE_HOP
@@ -119,13 +120,6 @@ def fast_path_enabled(ctx: CoapContext) -> bool:
         return False  # DTLS datagrams are not CoAP messages until decrypted
     slow = {n.strip() for n in os.environ.get(SLOW_ENV, "").split(",") if n.strip()}
     return "*" not in slow and ctx.name not in slow
-
-
-def _host_port(address: Any) -> tuple[str, int]:
-    host = str(address[0])
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    return host, int(address[1])
 
 
 class _Client:
@@ -203,7 +197,7 @@ class FastProxy:
         later = None
         if block2 is not None:
             block = int.from_bytes(block2, "big")
-            key = cache_key(_host_port(address), msg.code, msg.options)
+            key = cache_key(plain_address(address), msg.code, msg.options)
             if block >> 4 == 0 or not self.blocks.has(key):
                 return False  # a first block asked for, or a transfer this store does not hold: aiocoap's
             later = (key, block >> 4, block & 7)
@@ -229,7 +223,7 @@ class FastProxy:
             why = b"empty auth option" if creds is INVALID else _CREDENTIALS_REQUIRED
             self._answer(client, _UNAUTHORIZED, (), why, unauthenticated=True)
             return True
-        remote = _host_port(address)
+        remote = plain_address(address)
         entry = ctx.auth.lookup(remote, creds)  # the listener's one cache of the chain's decisions
         if entry is None:
             self._spawn(self._authenticate(client, msg, paths, remote, creds))
@@ -356,7 +350,7 @@ class FastProxy:
             return
         request = parse(client.data)
         assert request is not None  # it was parsed when it was taken
-        key = cache_key(_host_port(client.address), request.code, request.options)
+        key = cache_key(plain_address(client.address), request.code, request.options)
         self.blocks.keep(key, whole.code, kept, payload, fast=True)
         size = 1 << (_BLOCK_SZX + 4)
         first_block = sorted([*kept, (BLOCK2, uint(8 | _BLOCK_SZX))], key=_num)

@@ -29,6 +29,7 @@ Run = tuple[int, int, int, int]
 
 
 def encode_remaining_length(n: int) -> bytes:
+    """``n`` as an MQTT Variable Byte Integer (1.5.5): the Remaining Length, property lengths and values."""
     if n < 0 or n > MAX_REMAINING_LENGTH:
         raise ValueError(f"remaining length {n} out of range")
     if n < 128:

@@ -12,6 +12,7 @@ from ferryman.actors.topics import topic_name_error
 
 from .constants import PROPERTIES, WILL, PacketType, PropertyId, PropertyType
 from .errors import MalformedPacket, ProtocolError, TooManyElements
+from .framing import encode_remaining_length
 from .packets import Properties
 
 __all__ = [
@@ -96,16 +97,8 @@ def read_binary(data: bytes, pos: int, end: int, what: str) -> tuple[bytes, int]
 
 
 def write_varint(out: bytearray, n: int) -> None:
-    if n < 0 or n > 268_435_455:
-        raise ValueError(f"variable byte integer {n} out of range")
-    while True:
-        digit = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(digit | 0x80)
-        else:
-            out.append(digit)
-            return
+    """Appends ``n`` as a Variable Byte Integer (MQTT 1.5.5): the one encoder, ``encode_remaining_length``."""
+    out += encode_remaining_length(n)
 
 
 def write_string(out: bytearray, s: str) -> None:
