@@ -58,6 +58,13 @@ class Pin:
 #: The pins. Same ranges in pyproject.toml's [project] dependencies.
 PINS: tuple[Pin, ...] = (
     Pin(
+        "gevent",
+        "26.9",
+        "27",
+        "the HTTP listener (protocols/http/server.py, app.py) subclasses pywsgi's Input and sets its private "
+        "_chunked_input_error slot to stop reading a body it has refused",
+    ),
+    Pin(
         "pykka",
         "4.5.0",
         "4.6",

@@ -125,7 +125,7 @@ def build_gateway(
     ``Gateway.stop()`` leaves them running: the caller stops them (see examples/embedding/).
     ``listeners``: the listener classes by protocol (default: :func:`listener_classes`).
 
-    Raises ``GatewayError`` when an installed Pykka, paho-mqtt or aiocoap release is outside the range
+    Raises ``GatewayError`` when an installed gevent, Pykka, paho-mqtt or aiocoap release is outside the range
     ferryman is tested with (``ferryman.versions``): an embedding program gets the check ``ferryman run``
     makes."""
     from ferryman.bridge_wiring import build_bridge  # imports slixmpp and paho only when called

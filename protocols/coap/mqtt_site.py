@@ -58,7 +58,8 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
         self.core = PublishCore(ctx, port)
         self.uploads = Block1Assembler()  # Block1 uploads being assembled (blockwise.py)
         self.observations = 0
-        self._stop_waiters: set[asyncio.Future[None]] = set()
+        #: Observations waiting for the listener to stop (each one's stream adds and removes its own future).
+        self.stop_waiters: set[asyncio.Future[None]] = set()
         self.fast: FastPublish | None = None
         if not ctx.secure:  # a DTLS listener's datagrams are not plain CoAP
             # Plain POST / PUT requests skip aiocoap (fast_publish.py); everything else still reaches it.
@@ -67,7 +68,7 @@ class PublishSite(Resource, PathCapable):  # type: ignore[misc]  # aiocoap is un
 
     def stop(self) -> None:
         """The listener stops: observations end with 5.03."""
-        for waiter in list(self._stop_waiters):
+        for waiter in list(self.stop_waiters):
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -210,7 +211,7 @@ class Observation:
         ctx = self.ctx
         stop: asyncio.Future[None] = self.loop.create_future()
         stop.add_done_callback(lambda _: self._put(None))
-        self.site._stop_waiters.add(stop)
+        self.site.stop_waiters.add(stop)
         self.who.hold(self.revoked)
         # The key of the bridge's receiver: written by the hub greenlet, read here (and the other way round
         # for "gone"), so that whichever side comes last removes it (both may: that is harmless).
@@ -273,7 +274,7 @@ class Observation:
         finally:
             # Deregistration, RST, unacknowledged notifications: aiocoap cancels this task.
             self.site.observations -= 1
-            self.site._stop_waiters.discard(stop)
+            self.site.stop_waiters.discard(stop)
             self.who.release(self.revoked)
             holder["gone"] = True
             key = holder.get("key")

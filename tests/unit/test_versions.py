@@ -41,7 +41,7 @@ def test_the_pins_are_the_ones_in_pyproject() -> None:
     pinned = {d.split(">=")[0].split("<")[0].split("=")[0].strip(): d for d in dependencies}
     for lib in PINS:
         assert pinned.get(lib.distribution) == lib.distribution + lib.spec
-    assert [lib.distribution for lib in PINS] == ["pykka", "paho-mqtt", "aiocoap"]
+    assert [lib.distribution for lib in PINS] == ["gevent", "pykka", "paho-mqtt", "aiocoap"]
 
 
 @pytest.mark.parametrize(
