@@ -12,11 +12,11 @@ Two transports sit over it, both in the asyncio thread:
   and the DTLS transports (tinydtls for pre-shared keys; the certificate terminator feeds it).
 
 The core decides a publish (topic, ``qos`` / ``retain`` query options, the grant's ``auth_publish``, the
-grant's interceptors), queues it on the bridge's MQTT session in batches (``pump.PublishPump``) and
-answers with a plain (code, payload) pair that each transport encodes its own way. It also turns an
-Observe registration's filter and each notification through the grant's interceptors
-(``ferryman.actors.intercept.run_interceptors``), so both transports and the notifications share one
-interceptor story:
+grant's interceptors), queues it on the bridge's MQTT session in batches
+(``publish_batches.PublishBatcher``) and answers with a plain (code, payload) pair that each transport
+encodes its own way. It also turns an Observe registration's filter and each notification through the
+grant's interceptors (``ferryman.actors.intercept.run_interceptors``), so both transports and the
+notifications share one interceptor story:
 
 - uplink publish: an MQTT ``Publish`` (topic, payload, qos, retain) goes UP after the grant's checks (the
   checks see what the device sent); what the interceptors return is published; a dropped one is answered
@@ -42,7 +42,7 @@ from ferryman.protocols.mqtt.packets import Publish, Subscribe, Subscription
 
 from .auth import CoapListenerState, Principal, check, refusal_message
 from .publish import MqttPort
-from .pump import PublishPump
+from .publish_batches import PublishBatcher
 
 __all__ = ["CHANGED", "Answer", "PublishCore", "query_options", "topic_problem"]
 
@@ -62,7 +62,7 @@ class PublishCore:
     def __init__(self, ctx: CoapListenerState, port: MqttPort) -> None:
         self.ctx = ctx
         self.port = port  # the bridge's MQTT session (bridge/coap_mqtt.py), handed over by the listener
-        self.pump = PublishPump(ctx.host, float(ctx.settings.connect_timeout))
+        self.batcher = PublishBatcher(ctx.host, float(ctx.settings.connect_timeout))
 
     # -- publish ---------------------------------------------------------------------------------------
     def publish(
@@ -114,7 +114,7 @@ class PublishCore:
             ctx.log("INFO", "listener {!r}: publish to {} failed: {}", ctx.name, topic, failure)
             done(answer_of(refusal_message(Code.SERVICE_UNAVAILABLE, f"publish failed: {failure}")))
 
-        self.pump.submit(self.port, (topic, payload, qos, retain), published)
+        self.batcher.submit(self.port, (topic, payload, qos, retain), published)
 
     async def publish_async(
         self, who: Principal, topic: str, payload: bytes, queries: Iterable[str]

@@ -1,7 +1,7 @@
 """Publishes of CoAP requests, crossing to the hub in batches.
 
 One request = one crossing each way would cost a ``gevent.spawn``, a wake-up of the hub and one of the
-asyncio loop per request (bench/coap_publish.py). The pump collects the publishes that arrive while the hub
+asyncio loop per request (bench/coap_publish.py). The batcher collects the publishes that arrive while the hub
 is busy, hands them over with one ``to_hub``, queues them all on the bridge's MQTT session
 (``MqttPort.publish_many``: one actor message for the lot), waits for their acknowledgements in one
 greenlet, and answers every waiting request with one ``call_soon_threadsafe``. Order is kept: publishes
@@ -25,7 +25,7 @@ from ferryman.actors.asyncio_host import AsyncioHost
 
 from .publish import MqttPort
 
-__all__ = ["PublishPump"]
+__all__ = ["PublishBatcher"]
 
 Item = tuple[str, bytes, int, bool]
 #: Called in the asyncio thread with None once the MQTT session took the message, else why not.
@@ -38,7 +38,7 @@ _BATCH = 128
 _IN_FLIGHT = 2
 
 
-class PublishPump:
+class PublishBatcher:
     """Owned by one request core (publish_core.py); ``submit`` is called in the asyncio thread."""
 
     def __init__(self, host: AsyncioHost, timeout: float) -> None:
