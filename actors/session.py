@@ -1,5 +1,5 @@
-"""Base classes of the per-connection actors: a client session (the device side) paired with an upstream
-session (the server side).
+"""Base classes of the per-connection actors: a device actor (the device side) paired with an upstream
+actor (the server side).
 
 The actors own lifecycle and control: they are started per connection, receive control-plane messages
 (a new grant, a disconnect order) and stop when the connection ends. The bytes themselves move in the
@@ -18,7 +18,7 @@ from loguru import logger
 from .contracts import Grant, Refusal, SessionControl
 from .greenlet_actor import GreenletActor
 
-__all__ = ["ActorSessionControl", "Call", "ClientSessionActor", "SessionActor", "UpstreamSessionActor"]
+__all__ = ["ActorSessionControl", "Call", "DeviceActorBase", "SessionActor", "UpstreamActorBase"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,7 @@ class SessionActor(GreenletActor):
         self.close("internal error")
 
 
-class ClientSessionActor(SessionActor):
+class DeviceActorBase(SessionActor):
     """The device side of one connection. Subclasses apply grants and disconnect orders to their protocol."""
 
     CALLS = SessionActor.CALLS | {"update_grant", "disconnect"}
@@ -118,12 +118,12 @@ class ClientSessionActor(SessionActor):
         raise NotImplementedError
 
 
-class UpstreamSessionActor(SessionActor):
+class UpstreamActorBase(SessionActor):
     """The server side of one connection: dials the target and owns that socket."""
 
 
 class ActorSessionControl(SessionControl):
-    """``SessionControl`` over a client session actor's ref: every call is a ``tell`` and never blocks."""
+    """``SessionControl`` over a device session actor's ref: every call is a ``tell`` and never blocks."""
 
     __slots__ = ("_ref",)
 

@@ -12,7 +12,7 @@ import gevent
 from loguru import logger
 
 from ferryman.actors.contracts import Grant, Refusal
-from ferryman.actors.session import ClientSessionActor, UpstreamSessionActor
+from ferryman.actors.session import DeviceActorBase, UpstreamActorBase
 
 from .connection import ProxiedConnection
 from .context import Stream
@@ -20,7 +20,7 @@ from .context import Stream
 __all__ = ["MqttDeviceActor", "MqttUpstreamActor"]
 
 
-class MqttDeviceActor(ClientSessionActor):
+class MqttDeviceActor(DeviceActorBase):
     """The device side of one proxied connection: applies grants and disconnect orders to it."""
 
     def __init__(self, conn: ProxiedConnection) -> None:
@@ -53,10 +53,10 @@ class MqttDeviceActor(ClientSessionActor):
         self.conn.close(reason)
 
 
-class MqttUpstreamActor(UpstreamSessionActor):
+class MqttUpstreamActor(UpstreamActorBase):
     """The broker side of one proxied connection: dials the target, runs the downlink pump."""
 
-    CALLS = UpstreamSessionActor.CALLS | {"dial", "start_downlink"}
+    CALLS = UpstreamActorBase.CALLS | {"dial", "start_downlink"}
 
     def __init__(self, conn: ProxiedConnection) -> None:
         super().__init__()
