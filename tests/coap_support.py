@@ -35,6 +35,8 @@ from aiocoap import message as _message
 from aiocoap.numbers import codes as _codes
 from aiocoap.numbers import types as _types
 
+from tests.servers import free_ports
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = (
     str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
@@ -214,12 +216,8 @@ def free_udp_port() -> int:
 
 
 def free_udp_ports(count: int) -> list[int]:
-    """``count`` distinct free UDP ports: every socket is held until all are bound, so no two are the same."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) for _ in range(count)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
+    """``count`` distinct free UDP ports (``tests/servers.free_ports``)."""
+    return free_ports(count, socket.SOCK_DGRAM)
 
 
 @contextlib.contextmanager

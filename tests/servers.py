@@ -26,9 +26,17 @@ def uid() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1 (TCP, or UDP with ``socket.SOCK_DGRAM``): every socket is
+    held until all are bound, so no two are the same (one at a time, a closed port can come back)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, kind)) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -171,9 +179,8 @@ class GatewayProcess:
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.ports = [free_port() for _ in range(ports)]
+        *self.ports, self.metrics_port = free_ports(ports + 1)
         self.port = self.ports[0]
-        self.metrics_port = free_port()
         self.fills: dict[str, object] = {
             "port": self.port,
             "metrics_port": self.metrics_port,

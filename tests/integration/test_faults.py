@@ -63,6 +63,9 @@ def test_broker_killed_under_load_then_back(gateway_factory: object, tmp_path: P
     broker.start()
     try:
         gw: GatewayProcess = gateway_factory(CONFIG.format(broker=broker.port))  # type: ignore[operator]
+        # The start-up probe's connection (tests/servers.py waits for the port) may still be open: the
+        # baseline is what an idle gateway holds.
+        wait_metric(gw, 'ferryman_connections_open{listener="mqtt"}', 0)
         baseline_actors = metric(gw, "ferryman_actors")
         baseline_greenlets = metric(gw, "ferryman_greenlets")
         t = uid()
