@@ -3,6 +3,7 @@ recording every problem on the way (see ``reader.py``)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -180,8 +181,13 @@ def _listener(r: TableReader, kinds: Mapping[str, ListenerKind]) -> ListenerSett
         max_observations=r.integer("max_observations", 4096, 1, 1_000_000),
         max_observations_per_peer=r.integer("max_observations_per_peer", 64, 1, 1_000_000),
         observe_check_interval=r.positive_number("observe_check_interval", 120.0),
+        proxy_protocol=r.boolean("proxy_protocol", False),
+        trusted_proxies=_trusted_proxies(r),
+        target_proxy_protocol=r.integer("target_proxy_protocol", 0, 0, 2),
         options=_own_keys(r, kind) if kind is not None else ListenerOptions(),
     )
+    if settings.proxy_protocol and not settings.trusted_proxies and r.has("proxy_protocol"):
+        r.report("trusted_proxies", "proxy_protocol = true needs the load balancers' addresses (CIDRs) here")
     if kind is None:
         return settings
     for key in r.data:  # the other shared keys, in file order: an error when set to other than the default
@@ -252,6 +258,17 @@ def _kind_checks(r: TableReader, kind: ListenerKind, settings: ListenerSettings)
             r.report(key, message)
         else:
             r.report(None, str(issue))
+
+
+def _trusted_proxies(r: TableReader) -> tuple[str, ...]:
+    """``trusted_proxies``: CIDRs (or single addresses) of the load balancers a PROXY header is taken from."""
+    cidrs = r.strings("trusted_proxies")
+    for index, cidr in enumerate(cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            r.ctx.report((*r.path, "trusted_proxies", index), f"{cidr!r} is not an address or CIDR")
+    return cidrs
 
 
 def _flood_batch_wait(r: TableReader) -> float:

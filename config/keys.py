@@ -107,6 +107,9 @@ LISTENER_TABLE = Table(
         "body_timeout": Kind.FLOAT,
         "idle_timeout": Kind.FLOAT,
         "forward_authorization": Kind.BOOL,
+        "proxy_protocol": Kind.BOOL,
+        "trusted_proxies": Kind.STRS,
+        "target_proxy_protocol": Kind.INT,
     }
 )
 

@@ -172,6 +172,13 @@ class ListenerSettings:
     #: seconds a CoAP observation may go without a confirmable notification: then the last one is sent
     #: again as CON (RFC 7641 4.5); a peer that does not acknowledge it (or resets it) loses it
     observe_check_interval: float = 120.0
+    #: TCP listeners behind a load balancer: every connection starts with a PROXY protocol header (v1 or
+    #: v2), whose source address is the client's (sessions, logs, per-IP limits); only from
+    #: ``trusted_proxies`` (CIDRs; required with it); a connection without one is closed
+    proxy_protocol: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    #: 1 | 2: the PROXY header (that version) with the device's address is sent to the target first; 0 = none
+    target_proxy_protocol: int = 0
     #: the keys the listener's kind owns (written flat in its table), converted and checked by the loader
     options: Mapping[str, Any] = field(default_factory=ListenerOptions)
 

@@ -12,5 +12,12 @@ COAP_KIND = ListenerKind(
     doc='a CoAP proxy (optionally DTLS) in front of a CoAP server, or (target = "mqtt") CoAP -> MQTT',
     target_schemes=("coap", "coaps", PUBLISH_TARGET),
     # Every shared key the loader has always accepted on a CoAP listener (psk: DTLS pre-shared keys).
-    shared_keys=shared_except("path_prefix", "allowed_origins", "bypass"),
+    shared_keys=shared_except(
+        "path_prefix",
+        "allowed_origins",
+        "bypass",
+        "proxy_protocol",
+        "trusted_proxies",
+        "target_proxy_protocol",
+    ),
 )

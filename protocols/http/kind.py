@@ -12,5 +12,5 @@ HTTP_KIND = ListenerKind(
     doc='an authenticating HTTP reverse proxy, or (target = "mqtt") POST -> MQTT publish',
     target_schemes=("http", "https", PUBLISH_TARGET),
     # Every shared key the loader has always accepted on an HTTP listener.
-    shared_keys=shared_except("psk", "allowed_origins"),
+    shared_keys=shared_except("psk", "allowed_origins", "target_proxy_protocol"),
 )

@@ -12,6 +12,7 @@ from ferryman.actors.contracts import Refusal
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 from ferryman.actors.services import ListenerServices
+from ferryman.protocols.proxy_protocol import TrustedProxies
 from ferryman.protocols.tls.server import TlsTerminator
 
 from .app import HttpApp
@@ -78,6 +79,7 @@ class HttpListener(pykka.ThreadingActor):
             header_timeout=settings.header_timeout,
             body_timeout=settings.body_timeout,
             idle_timeout=settings.idle_timeout,
+            trusted=TrustedProxies(settings.trusted_proxies) if settings.proxy_protocol else None,
         )
         self.server.init_socket()
         self.address: tuple[str, int] = self.server.address[:2]

@@ -37,6 +37,8 @@ from loguru import logger
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 from ferryman.protocols.accept import ExhaustionBackoff
+from ferryman.protocols.addresses import plain_address
+from ferryman.protocols.proxy_protocol import ProxyHeaderError, TrustedProxies, real_address
 from ferryman.protocols.tls.server import NO_PEER, TlsRefused, TlsTerminator
 
 from .app import CONNECTION_KEY, HttpApp
@@ -374,6 +376,7 @@ class HttpServer(ExhaustionBackoff, WSGIServer):  # type: ignore[misc]
         header_timeout: float = HEADER_TIMEOUT,
         body_timeout: float = BODY_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
+        trusted: TrustedProxies | None = None,
     ) -> None:
         super().__init__(
             address,
@@ -392,12 +395,21 @@ class HttpServer(ExhaustionBackoff, WSGIServer):  # type: ignore[misc]
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.idle_timeout = idle_timeout
+        #: proxy_protocol = true: the load balancers a PROXY header is read from (before TLS); None: none
+        self.trusted = trusted
         self.connections: set[HttpConnection] = set()
         self._open = metrics.connections_open.labels(app.name)
         self._total = metrics.connections_total.labels(app.name)
 
     def handle(self, sock: socket.socket, address: tuple[str, int]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.trusted is not None:
+            try:
+                address = real_address(sock, plain_address(address), self.trusted, self.handshake_timeout)
+            except ProxyHeaderError as exc:
+                self.metrics.refusals.labels(self.app.name, "proxy_protocol").inc()
+                logger.warning("refusing {}:{}: PROXY protocol: {}", address[0], address[1], exc)
+                return
         peer = NO_PEER
         if self.tls is not None:
             try:

@@ -15,7 +15,7 @@ from ferryman.actors.contracts import Grant, Refusal
 from ferryman.actors.session import DeviceActorBase, UpstreamActorBase
 
 from .connection import ProxiedConnection
-from .context import Stream
+from .context import Dialer, Stream
 
 __all__ = ["MqttDeviceActor", "MqttUpstreamActor"]
 
@@ -63,10 +63,10 @@ class MqttUpstreamActor(UpstreamActorBase):
         self.conn = conn
         self._downlink: gevent.Greenlet | None = None
 
-    def dial(self, timeout: float) -> Stream:
+    def dial(self, timeout: float, dialer: Dialer | None = None) -> Stream:
         """The listener's dialer: a TCP or TLS socket (with the listener's client context, made once), or a
-        WebSocket client stream, to its target."""
-        return self.conn.ctx.dial(timeout)
+        WebSocket client stream, to its target; or ``dialer``, this connection's own (PROXY header first)."""
+        return (dialer or self.conn.ctx.dial)(timeout)
 
     def start_downlink(self) -> None:
         self._downlink = gevent.spawn(self.conn.downlink)

@@ -22,6 +22,14 @@ from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 from ferryman.actors.session import ActorSessionControl, Call
 from ferryman.protocols.accept import ExhaustionBackoff
+from ferryman.protocols.addresses import plain_address
+from ferryman.protocols.proxy_protocol import (
+    ProxyHeaderError,
+    TrustedProxies,
+    encode_v1,
+    encode_v2,
+    real_address,
+)
 from ferryman.protocols.tls import client as tls_client
 from ferryman.protocols.tls.server import NO_PEER, PeerCertificate, TlsRefused, TlsTerminator
 
@@ -41,11 +49,15 @@ __all__ = [
 ]
 
 
-def socket_dialer(host: str, port: int, tls: ssl.SSLContext | None, server_name: str = "") -> Dialer:
-    """A ``tcp://`` (``tls`` None) or ``tls://`` target: the MQTT bytes go on the socket as they are."""
+def socket_dialer(
+    host: str, port: int, tls: ssl.SSLContext | None, server_name: str = "", header: bytes = b""
+) -> Dialer:
+    """A ``tcp://`` (``tls`` None) or ``tls://`` target: the MQTT bytes go on the socket as they are.
+    ``header``: a PROXY protocol header sent first, before the TLS handshake (``target_proxy_protocol``),
+    as a load balancer would."""
 
     def dial(timeout: float) -> Stream:
-        return tls_client.dial(host, port, timeout, tls, server_name)
+        return tls_client.dial(host, port, timeout, tls, server_name, header)
 
     return dial
 
@@ -98,6 +110,14 @@ class MqttServing(pykka.ThreadingActor):
         self._open = metrics.connections_open.labels(settings.name)
         self._total = metrics.connections_total.labels(settings.name)
         self.tls = TlsTerminator(settings.tls) if settings.tls is not None else None
+        #: proxy_protocol = true: the load balancers a PROXY header is taken from; None: no header expected
+        self.trusted = TrustedProxies(settings.trusted_proxies) if settings.proxy_protocol else None
+        # target_proxy_protocol: the target's TLS context for the per-connection dialers, made once
+        self._proxy_target_tls = (
+            self.target_context(settings)
+            if settings.target_proxy_protocol and settings.parsed_target.scheme == "tls"
+            else None
+        )
         self.address: tuple[str, int] = ("", 0)
 
     @classmethod
@@ -138,6 +158,21 @@ class MqttServing(pykka.ThreadingActor):
         if self.ctx.settings.socket_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.ctx.settings.socket_buffer)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.ctx.settings.socket_buffer)
+
+    def proxied_peer(self, sock: socket.socket, addr: tuple[str, int]) -> tuple[str, int] | None:
+        """``proxy_protocol = true``: the client's address from the PROXY header a trusted load balancer put
+        first on ``sock`` (the balancer's own for a LOCAL health check); None when the peer is not trusted or
+        the header is missing or bad (logged and counted, the socket closed without a byte: the peer is a
+        load balancer). Without ``proxy_protocol``: ``addr``. Read before any TLS handshake."""
+        if self.trusted is None:
+            return addr
+        try:
+            return real_address(sock, plain_address(addr), self.trusted, self.ctx.settings.connect_timeout)
+        except ProxyHeaderError as exc:
+            self.ctx.metrics.refusals.labels(self.ctx.name, "proxy_protocol").inc()
+            logger.warning("refusing {}:{}: PROXY protocol: {}", addr[0], addr[1], exc)
+            sock.close()
+            return None
 
     def accept_tls(
         self, sock: socket.socket, addr: tuple[str, int]
@@ -214,12 +249,31 @@ class MqttServing(pykka.ThreadingActor):
         finally:
             conn.close(conn.close_reason or "ended")
 
+    def _target_proxy_dialer(self, conn: ProxiedConnection) -> Dialer | None:
+        """``target_proxy_protocol = 1 | 2`` with a ``tcp://`` / ``tls://`` target: a dialer that sends the
+        device's address in a PROXY header first; None otherwise (the listener's own dialer)."""
+        s = self.ctx.settings
+        target = s.parsed_target
+        if not s.target_proxy_protocol or target.scheme not in ("tcp", "tls"):
+            return None
+        local = getattr(conn.device, "getsockname", None)
+        try:
+            destination = plain_address(local()) if local is not None else None
+        except (OSError, IndexError, TypeError):
+            destination = None
+        encode = encode_v1 if s.target_proxy_protocol == 1 else encode_v2
+        header = encode(conn.addr, destination or (s.host or "0.0.0.0", s.port))
+        server_name = s.target_tls.server_name if s.target_tls is not None else ""
+        return socket_dialer(target.host, target.port, self._proxy_target_tls, server_name, header)
+
     def _dial(self, conn: ProxiedConnection, refs: list[pykka.ActorRef[Any]]) -> Stream:
         upstream = MqttUpstreamActor.start(conn)
         refs.append(upstream)
         timeout = self.ctx.settings.connect_timeout
+        dialer = self._target_proxy_dialer(conn)
+        args: tuple[Any, ...] = (timeout,) if dialer is None else (timeout, dialer)
         try:
-            stream = cast(Stream, upstream.ask(Call("dial", (timeout,)), timeout=timeout + 1))
+            stream = cast(Stream, upstream.ask(Call("dial", args), timeout=timeout + 1))
         except pykka.Timeout as exc:
             raise OSError(f"dial timed out after {timeout}s") from exc
         return stream
@@ -249,6 +303,10 @@ class MqttListener(MqttServing):
 
     def _handle(self, sock: socket.socket, addr: tuple[str, int]) -> None:
         self.tune_socket(sock)
+        peer = self.proxied_peer(sock, addr)  # PROXY protocol: before the TLS ClientHello
+        if peer is None:
+            return
+        addr = peer
         accepted = self.accept_tls(sock, addr)
         if accepted is not None:
             self.serve(accepted[0], addr, accepted[1])

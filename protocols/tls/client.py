@@ -21,17 +21,25 @@ def client_context(target_tls: Any | None) -> ssl.SSLContext:
 
 
 def dial(
-    host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None, server_name: str = ""
+    host: str,
+    port: int,
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
+    server_name: str = "",
+    first: bytes = b"",
 ) -> socket.socket:
     """A connected TCP socket (TCP_NODELAY, blocking), wrapped in TLS when ``tls`` is given; the
-    handshake is done within ``timeout``. OSError (ssl.SSLError included) when it fails."""
+    handshake is done within ``timeout``. ``first``: bytes sent before anything else, the TLS handshake
+    included (a PROXY protocol header). OSError (ssl.SSLError included) when it fails."""
     sock = socket.create_connection((host, port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if tls is not None:
-        try:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if first:
+            sock.sendall(first)
+        if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname=server_name or host)
-        except BaseException:
-            sock.close()
-            raise
+    except BaseException:
+        sock.close()
+        raise
     sock.settimeout(None)
     return sock

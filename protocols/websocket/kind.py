@@ -3,9 +3,17 @@
 
 from __future__ import annotations
 
-from ferryman.config import ListenerKind, shared_except
+from collections.abc import Iterable
+
+from ferryman.config import KindIssue, ListenerKind, ListenerSettings, shared_except
 
 __all__ = ["MQTT_WS_KIND"]
+
+
+def _checks(settings: ListenerSettings) -> Iterable[KindIssue]:
+    if settings.target_proxy_protocol and settings.parsed_target.scheme in ("ws", "wss"):
+        yield ("target_proxy_protocol", "is for tcp:// and tls:// targets (a WebSocket target gets none)")
+
 
 MQTT_WS_KIND = ListenerKind(
     protocol="mqtt-ws",
@@ -13,4 +21,5 @@ MQTT_WS_KIND = ListenerKind(
     target_schemes=("ws", "wss", "tcp", "tls"),
     # Every shared key the loader has always accepted on an MQTT-over-WebSocket listener.
     shared_keys=shared_except("psk", "bypass"),
+    validate=_checks,
 )

@@ -238,6 +238,10 @@ class _Server(ExhaustionBackoff, WSGIServer):  # type: ignore[misc]
     def handle(self, sock: socket.socket, address: tuple[str, int]) -> None:
         listener = self.listener
         listener.tune_socket(sock)
+        peer = listener.proxied_peer(sock, address)  # PROXY protocol: before TLS and the HTTP upgrade
+        if peer is None:
+            return
+        address = peer
         accepted = listener.accept_tls(sock, address)
         if accepted is None:
             return

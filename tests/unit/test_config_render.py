@@ -169,6 +169,9 @@ def test_settings_to_dict(tmp_path: Path) -> None:
                 "max_observations": 4096,
                 "max_observations_per_peer": 64,
                 "observe_check_interval": 120.0,
+                "proxy_protocol": False,
+                "trusted_proxies": [],
+                "target_proxy_protocol": 0,
             }
         ],
         "auth": {"handler": "allow-all", "client_id_binding": "identity"},
