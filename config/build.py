@@ -65,7 +65,7 @@ def build_settings(root: TableReader, source: str, kinds: Mapping[str, ListenerK
         _check_address(metrics, "address", metrics_settings.address)
     listener_readers = root.tables("listener")
     listeners = [_listener(reader, kinds) for reader in listener_readers]
-    _check_unique_listeners(listener_readers, listeners, metrics, metrics_settings.address)
+    _check_unique_listeners(listener_readers, listeners, kinds, metrics, metrics_settings.address)
     auth = _auth(root.section("auth"))
     handlers = tuple(_handler(reader) for reader in root.tables("handler"))
     bridge = _bridge(root.section("bridge"))
@@ -397,32 +397,39 @@ def _target_tls(r: TableReader) -> TargetTlsSettings:
 
 
 def _check_unique_listeners(
-    readers: list[TableReader], listeners: list[ListenerSettings], metrics: TableReader, metrics_address: str
+    readers: list[TableReader],
+    listeners: list[ListenerSettings],
+    kinds: Mapping[str, ListenerKind],
+    metrics: TableReader,
+    metrics_address: str,
 ) -> None:
+    """Listener names are unique, and so are bound addresses per transport (the metrics server is TCP):
+    a UDP (coap) and a TCP listener may share a host:port, as their sockets do."""
     names: dict[str, str] = {}
-    addresses: dict[tuple[str, int], str] = {}
+    addresses: dict[tuple[str, str, int], str] = {}
     for reader, listener in zip(readers, listeners, strict=True):
         where = format_key_path(reader.path)
         if listener.name in names:
             reader.report("name", f"duplicate listener name {listener.name!r} (also {names[listener.name]})")
         elif listener.name:
             names[listener.name] = where
-        endpoint = _endpoint(listener.address)
+        kind = kinds.get(listener.protocol)
+        endpoint = _endpoint(kind.transport if kind is not None else "tcp", listener.address)
         if endpoint in addresses:
             reader.report("address", f"address {listener.address} is already used by {addresses[endpoint]}")
         elif endpoint is not None:
             addresses[endpoint] = where
-    endpoint = _endpoint(metrics_address)
+    endpoint = _endpoint("tcp", metrics_address)
     if endpoint in addresses:
         metrics.report("address", f"address {metrics_address} is already used by {addresses[endpoint]}")
 
 
-def _endpoint(address: str) -> tuple[str, int] | None:
+def _endpoint(transport: str, address: str) -> tuple[str, str, int] | None:
     try:
         host, port = parse_address(address)
     except ValueError:
         return None
-    return host.lower(), port
+    return transport, host.lower(), port
 
 
 def _auth(r: TableReader) -> AuthSettings:

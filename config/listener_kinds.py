@@ -107,11 +107,16 @@ class ListenerKind:
     keys: tuple[ListenerKey, ...] = ()
     validate: Callable[[ListenerSettings], Iterable[KindIssue]] = _no_checks
     doc: str = ""
+    #: The socket type its address is bound with: "tcp" or "udp". Two listeners may share a host:port only
+    #: when their transports differ (a UDP and a TCP socket do not collide).
+    transport: str = "tcp"
     _table: Table = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.protocol or not self.protocol.strip():
             raise ValueError("a listener kind needs a protocol name")
+        if self.transport not in ("tcp", "udp"):
+            raise ValueError(f"{self.protocol}: transport must be 'tcp' or 'udp', not {self.transport!r}")
         object.__setattr__(self, "shared_keys", frozenset(self.shared_keys))
         object.__setattr__(self, "keys", tuple(self.keys))
         unknown = self.shared_keys - SHARED_KEYS

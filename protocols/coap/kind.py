@@ -9,6 +9,7 @@ __all__ = ["COAP_KIND"]
 
 COAP_KIND = ListenerKind(
     protocol="coap",
+    transport="udp",
     doc='a CoAP proxy (optionally DTLS) in front of a CoAP server, or (target = "mqtt") CoAP -> MQTT',
     target_schemes=("coap", "coaps", PUBLISH_TARGET),
     # Every shared key the loader has always accepted on a CoAP listener (psk: DTLS pre-shared keys).

@@ -282,6 +282,19 @@ def test_listener_written_as_a_table_instead_of_an_array(tmp_path: Path) -> None
     ]
 
 
+def test_a_udp_and_a_tcp_listener_may_share_a_port_two_udp_ones_may_not(tmp_path: Path) -> None:
+    coap = '[[listener]]\nname = "{name}"\nprotocol = "coap"\naddress = "127.0.0.1:1884"\ntarget = "coap://127.0.0.1:5683"\n'
+    settings = load_settings(write(tmp_path, LISTENER + coap.format(name="c1")), env={})
+    assert [(ls.protocol, ls.address) for ls in settings.listeners] == [
+        ("mqtt", "127.0.0.1:1884"),
+        ("coap", "127.0.0.1:1884"),
+    ]
+    text = LISTENER + coap.format(name="c1") + coap.format(name="c2")
+    assert issues(write(tmp_path, text)) == [
+        ("listener[2].address", "address 127.0.0.1:1884 is already used by listener[1]"),
+    ]
+
+
 def test_missing_required_listener_keys_and_bad_enums(tmp_path: Path) -> None:
     text = '[[listener]]\nprotocol = "amqp"\n[log]\nformat = "jsn"\nlevel = "warn"\n'
     assert issues(write(tmp_path, text)) == [
