@@ -10,10 +10,20 @@ message at a time, in order) and its receive loop: a greenlet is spawned when a 
 actor, runs Pykka's ``_actor_loop_running`` until the inbox is empty, and ends. Messages must be sent from
 the gevent hub's thread (every greenlet is); other OS threads cross over with
 ``hub.loop.run_callback_threadsafe`` first, as the asyncio host does.
+
+Creating, starting and stopping one is cheap, because a proxied connection makes and ends two of them on
+its connect path (issue 13: a reconnect storm is a connect-rate problem):
+
+- ``__init__`` does what ``pykka.Actor.__init__`` does without ``uuid.uuid4()`` (a ``getrandom`` syscall)
+  and without a ``threading.Event`` (a Condition and two locks): the URN comes from a counter (unique in
+  the process, which is the only place it is used) and the stop flag is a plain boolean flag.
+- ``start`` runs ``on_start`` in the caller's greenlet, before it returns, when no message is waiting
+  (always, at start): no greenlet is spawned for it.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from typing import Any
 
@@ -52,14 +62,36 @@ class _LazyInbox:
         return not self.messages
 
 
+class _StopFlag:
+    """The part of ``threading.Event`` Pykka uses for ``actor_stopped`` (``is_set`` and ``set``). Nothing
+    waits on it: ``ActorRef.stop(block=True)`` waits on a future."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+
+
+_urns = itertools.count(1)
+
+
 class GreenletActor(pykka.Actor):
     def __init__(self) -> None:
-        super().__init__()
+        # pykka.Actor.__init__'s fields, made cheaply (module docstring); no super().__init__() on purpose.
+        self.actor_urn = f"urn:ferryman:actor:{next(_urns)}"
+        inbox = _LazyInbox()
+        inbox.actor = self
+        self.actor_inbox = inbox
+        self.actor_stopped = _StopFlag()  # type: ignore[assignment]  # duck-typed: is_set / set
+        self._actor_ref = pykka.ActorRef(self)
         self._runner: gevent.Greenlet | None = None
         self._set_up = False
-        inbox = self.actor_inbox
-        assert isinstance(inbox, _LazyInbox)
-        inbox.actor = self
 
     @staticmethod
     def _create_actor_inbox() -> Any:
@@ -70,7 +102,11 @@ class GreenletActor(pykka.Actor):
         return ThreadingFuture()  # its queue is gevent's once patched: waiting blocks a greenlet only
 
     def _start_actor_loop(self) -> None:
-        self._runner = gevent.spawn(self._run)  # runs on_start, then whatever arrived meanwhile
+        if self.actor_inbox.empty():
+            self._set_up = True
+            self._actor_loop_setup()  # on_start, in the caller's greenlet (module docstring)
+        else:
+            self._runner = gevent.spawn(self._run)  # on_start, then whatever arrived meanwhile
 
     def _run(self) -> None:
         try:

@@ -46,6 +46,12 @@ class HandlerActor(pykka.ThreadingActor):
 
     #: Name used in logs; defaults to the class name.
     name: ClassVar[str] = ""
+    #: True: ``auth_connect`` may be called directly in the session's greenlet, with no message to this
+    #: actor (a connect then costs no ask: bench/mqtt_connect_rate.py). Only for a handler whose
+    #: ``auth_connect`` reads state that its own messages replace whole (never half-changed while it
+    #: yields) and never blocks the gevent hub (waiting on a socket or on the hub's thread pool is fine:
+    #: that blocks only the connection asking). Default False: asked through the actor's inbox.
+    inline_connect: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -72,6 +78,11 @@ class HandlerActor(pykka.ThreadingActor):
     def auth_connect(self, session: Session) -> Grant | Refusal | None:
         """Decide a new connection: a Grant, a Refusal, or None for no opinion."""
         return None
+
+    def connect_decider(self) -> Any:
+        """``auth_connect`` itself when ``inline_connect`` (the chain then calls it directly), else None.
+        Asked once per chain."""
+        return self.auth_connect if self.inline_connect else None
 
     # -- notifications (told, after the fact) ----------------------------------------------------------
     def on_connect(self, session: Session, grant: Grant) -> None:
@@ -120,6 +131,9 @@ class HandlerChain:
         self.ask_timeout = ask_timeout
         self.client_ids = client_ids if client_ids is not None else ClientIdBinding()
         self._proxies = [ref.proxy() for ref in self.refs]
+        # One decide(session) per handler: its auth_connect called directly (``inline_connect``), or
+        # asked through its inbox.
+        self._deciders = [self._decider(proxy) for proxy in self._proxies]
         self._listeners: dict[str, list[Any]] = {}
         for ref, proxy in zip(self.refs, self._proxies, strict=True):
             cls = ref.actor_class
@@ -137,11 +151,19 @@ class HandlerChain:
         which decide ``"xmpp"`` sessions and abstain for every other."""
         return HandlerChain([*refs, *self.refs], self.ask_timeout, self.client_ids)
 
+    def _decider(self, proxy: Any) -> Any:
+        inline = getattr(proxy, "connect_decider", None)
+        direct = inline().get(timeout=self.ask_timeout) if inline is not None else None
+        if direct is not None:
+            return direct
+        timeout = self.ask_timeout
+        return lambda session: proxy.auth_connect(session).get(timeout=timeout)
+
     def connect(self, session: Session) -> Grant | Refusal:
         grants: list[Grant] = []
-        for proxy in self._proxies:
+        for decide in self._deciders:
             try:
-                answer = proxy.auth_connect(session).get(timeout=self.ask_timeout)
+                answer = decide(session)
             except pykka.Timeout:
                 logger.error("handler did not answer auth_connect within {}s: refusing", self.ask_timeout)
                 return Refusal(RefusalCode.SERVER_UNAVAILABLE, "authorization handler timed out")

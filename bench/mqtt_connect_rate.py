@@ -81,7 +81,8 @@ class HAProxy(_Child):
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(
-            "global\n  maxconn 20000\n"
+            # maxconn: 2 fds per connection + spare must fit the fd limit (20,000 on some machines)
+            "global\n  maxconn 4000\n"
             "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
             f"frontend fe\n  bind 127.0.0.1:{self.port}\n  default_backend be\n"
             f"backend be\n  server s1 127.0.0.1:{self.target_port}\n"

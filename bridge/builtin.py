@@ -20,6 +20,7 @@ __all__ = ["AllowAllHandler"]
 
 class AllowAllHandler(HandlerActor):
     name = "allow-all"
+    inline_connect = True  # stateless: the chain calls auth_connect in the session's greenlet
 
     def on_start(self) -> None:
         logger.warning("auth handler 'allow-all': every client may publish and subscribe to every topic")

@@ -19,12 +19,13 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
+import gevent
 from loguru import logger
 
 from ferryman.actors.contracts import Grant, Refusal, RefusalCode, Session
 from ferryman.actors.handler import HandlerActor
 
-from .passwords import hash_error, hash_password, verify_password
+from .passwords import VerifiedPasswords, hash_error, hash_password, verify_password
 
 __all__ = ["StaticHandler", "expand_filters"]
 
@@ -46,11 +47,21 @@ def expand_filters(filters: tuple[str, ...], username: str, client_id: str) -> l
     return out
 
 
+def _verify_off_loop(password: bytes, encoded: str) -> bool:
+    """``verify_password`` in the hub's thread pool: the event loop serves every other connection while
+    PBKDF2 runs (it releases the GIL); only the connection being checked waits."""
+    return bool(gevent.get_hub().threadpool.apply(verify_password, (password, encoded)))
+
+
 class StaticHandler(HandlerActor):
     name = "static"
+    # auth_connect reads users / by_identity / _decoy, which _load replaces whole, and waits for PBKDF2 in
+    # the thread pool: the chain calls it in the session's greenlet.
+    inline_connect = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.verified = VerifiedPasswords(_verify_off_loop)
         self.users: dict[str, Any] = {}
         self.by_identity: dict[str, Any] = {}
         self._decoy = ""  # a hash as costly as the users' own: an unknown user takes as long as a known one
@@ -94,10 +105,10 @@ class StaticHandler(HandlerActor):
         if user is None or session.password is None:
             if self._decoy and session.password is not None:
                 # The same PBKDF2 work as a wrong password: response times do not tell who exists.
-                verify_password(session.password, self._decoy)
+                _verify_off_loop(session.password, self._decoy)
             return Refusal(RefusalCode.NOT_AUTHORIZED, "unknown user or no password")
         if user.password_hash:
-            ok = verify_password(session.password, user.password_hash)
+            ok = self.verified.verify(session.password, user.password_hash)
         elif user.password:
             ok = hmac.compare_digest(session.password, user.password.encode())
         else:

@@ -1,9 +1,12 @@
 """The two actors of one proxied MQTT connection (control plane; the bytes never pass through them).
 
 ``MqttDeviceActor`` is the device side: it receives control-plane messages (a new grant, a disconnect
-order) and applies them to the connection. ``MqttUpstreamActor`` dials the target and runs the downlink
-pump in its own greenlet. The uplink pump runs in the listener's handler greenlet for the connection.
-Both act on the connection (connection.py) through its public methods only.
+order) and applies them to the connection. ``MqttUpstreamActor`` owns the broker side once the target has
+been dialed (in the connection's greenlet, which also reads and decides the CONNECT): it starts the
+downlink pump in a greenlet of its own. The uplink pump runs in the listener's handler greenlet for the
+connection. Both act on the connection (connection.py) through its public methods only, and both end with
+it: each registers ``connection_ended`` in the connection's close callbacks, so the connection's close
+stops them, in place when they are idle (actors/session.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from ferryman.actors.contracts import Grant, Refusal
 from ferryman.actors.session import DeviceActorBase, UpstreamActorBase
 
 from .connection import ProxiedConnection
-from .context import Dialer, Stream
 
 __all__ = ["MqttDeviceActor", "MqttUpstreamActor"]
 
@@ -26,6 +28,7 @@ class MqttDeviceActor(DeviceActorBase):
     def __init__(self, conn: ProxiedConnection) -> None:
         super().__init__()
         self.conn = conn
+        conn.on_close.append(self.connection_ended)
 
     def update_grant(self, grant: Grant) -> None:
         """Policy changed: PUBLISH, SUBSCRIBE and deliveries from now on are judged by the new grant.
@@ -54,21 +57,16 @@ class MqttDeviceActor(DeviceActorBase):
 
 
 class MqttUpstreamActor(UpstreamActorBase):
-    """The broker side of one proxied connection: dials the target, runs the downlink pump."""
-
-    CALLS = UpstreamActorBase.CALLS | {"dial", "start_downlink"}
+    """The broker side of one proxied connection, started once the connection's upstream socket is
+    connected and the CONNECT sent: runs the downlink pump (broker -> device) in its own greenlet."""
 
     def __init__(self, conn: ProxiedConnection) -> None:
         super().__init__()
         self.conn = conn
         self._downlink: gevent.Greenlet | None = None
+        conn.on_close.append(self.connection_ended)
 
-    def dial(self, timeout: float, dialer: Dialer | None = None) -> Stream:
-        """The listener's dialer: a TCP or TLS socket (with the listener's client context, made once), or a
-        WebSocket client stream, to its target; or ``dialer``, this connection's own (PROXY header first)."""
-        return (dialer or self.conn.ctx.dial)(timeout)
-
-    def start_downlink(self) -> None:
+    def on_start(self) -> None:
         self._downlink = gevent.spawn(self.conn.downlink)
 
     def on_close(self, reason: str) -> None:

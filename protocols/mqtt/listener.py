@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any, ClassVar, cast
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import gevent
 import pykka
@@ -20,7 +21,7 @@ from loguru import logger
 from ferryman.actors.contracts import Refusal, RefusalCode
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
-from ferryman.actors.session import ActorSessionControl, Call
+from ferryman.actors.session import ActorSessionControl
 from ferryman.protocols.accept import ExhaustionBackoff
 from ferryman.protocols.addresses import plain_address
 from ferryman.protocols.proxy_protocol import (
@@ -112,11 +113,13 @@ class MqttServing(pykka.ThreadingActor):
         self.tls = TlsTerminator(settings.tls) if settings.tls is not None else None
         #: proxy_protocol = true: the load balancers a PROXY header is taken from; None: no header expected
         self.trusted = TrustedProxies(settings.trusted_proxies) if settings.proxy_protocol else None
-        # target_proxy_protocol: the target's TLS context for the per-connection dialers, made once
+        # target_proxy_protocol (tcp:// and tls:// targets): the header's version, 0 for none, and the
+        # target's TLS context for the per-connection dialers, made once
+        self._proxy_header_version = (
+            int(settings.target_proxy_protocol) if target.scheme in ("tcp", "tls") else 0
+        )
         self._proxy_target_tls = (
-            self.target_context(settings)
-            if settings.target_proxy_protocol and settings.parsed_target.scheme == "tls"
-            else None
+            self.target_context(settings) if self._proxy_header_version and target.scheme == "tls" else None
         )
         self.address: tuple[str, int] = ("", 0)
 
@@ -212,7 +215,13 @@ class MqttServing(pykka.ThreadingActor):
 
     def serve(self, stream: Stream, addr: tuple[str, int], peer: PeerCertificate = NO_PEER) -> None:
         """Proxy one device connection until it ends: limits, CONNECT, authorization, the upstream, both
-        pumps. Runs in the connection's own greenlet; returns when the connection is closed."""
+        pumps. Runs in the connection's own greenlet; returns when the connection is closed.
+
+        The connect path is the cost of a reconnect storm (bench/mqtt_connect_rate.py), so it asks no
+        actor: the CONNECT is read and decided, the target dialed and the CONNECT sent in this greenlet;
+        the device actor exists from the start (it takes grant changes and disconnect orders from the
+        handlers at once), the upstream actor from the moment the upstream socket carries the session.
+        Both stop themselves when the connection closes."""
         ip = str(addr[0])
         why = self._over_limit(ip)
         if why:
@@ -220,9 +229,7 @@ class MqttServing(pykka.ThreadingActor):
             return
         conn = ProxiedConnection(self.ctx, stream, addr)
         conn.peer = peer
-        device = MqttDeviceActor.start(conn)
-        conn.control = ActorSessionControl(device)
-        refs: list[pykka.ActorRef[Any]] = [device]
+        conn.control = ActorSessionControl(MqttDeviceActor.start(conn))
         self.connections.add(conn)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self._open.inc()
@@ -234,49 +241,40 @@ class MqttServing(pykka.ThreadingActor):
             if left:
                 self.per_ip[ip] = left
             self._open.dec()
-            for ref in refs:
-                ref.stop(block=False)
 
         conn.on_close.append(finished)
         try:
-            rest = conn.establish(lambda: self._dial(conn, refs))
+            rest = conn.establish(self._dialer(conn))
             if rest is None:
                 return
-            refs[1].tell(Call("start_downlink"))
+            MqttUpstreamActor.start(conn)  # starts the downlink pump
             conn.uplink(rest)
         except Exception as exc:  # a bug must cost one connection, never the listener
             logger.opt(exception=exc).error("connection {}:{} failed", *addr)
         finally:
             conn.close(conn.close_reason or "ended")
 
-    def _target_proxy_dialer(self, conn: ProxiedConnection) -> Dialer | None:
-        """``target_proxy_protocol = 1 | 2`` with a ``tcp://`` / ``tls://`` target: a dialer that sends the
-        device's address in a PROXY header first; None otherwise (the listener's own dialer)."""
+    def _dialer(self, conn: ProxiedConnection) -> Callable[[], Stream]:
+        """The connection's dial: the listener's dialer, or one that sends the device's address in a PROXY
+        header first (``target_proxy_protocol = 1 | 2`` with a ``tcp://`` / ``tls://`` target)."""
+        timeout = self.ctx.settings.connect_timeout
+        dial = self.ctx.dial
+        if self._proxy_header_version:
+            dial = self._proxy_header_dialer(conn)
+        return lambda: dial(timeout)
+
+    def _proxy_header_dialer(self, conn: ProxiedConnection) -> Dialer:
         s = self.ctx.settings
         target = s.parsed_target
-        if not s.target_proxy_protocol or target.scheme not in ("tcp", "tls"):
-            return None
         local = getattr(conn.device, "getsockname", None)
         try:
             destination = plain_address(local()) if local is not None else None
         except (OSError, IndexError, TypeError):
             destination = None
-        encode = encode_v1 if s.target_proxy_protocol == 1 else encode_v2
+        encode = encode_v1 if self._proxy_header_version == 1 else encode_v2
         header = encode(conn.addr, destination or (s.host or "0.0.0.0", s.port))
         server_name = s.target_tls.server_name if s.target_tls is not None else ""
         return socket_dialer(target.host, target.port, self._proxy_target_tls, server_name, header)
-
-    def _dial(self, conn: ProxiedConnection, refs: list[pykka.ActorRef[Any]]) -> Stream:
-        upstream = MqttUpstreamActor.start(conn)
-        refs.append(upstream)
-        timeout = self.ctx.settings.connect_timeout
-        dialer = self._target_proxy_dialer(conn)
-        args: tuple[Any, ...] = (timeout,) if dialer is None else (timeout, dialer)
-        try:
-            stream = cast(Stream, upstream.ask(Call("dial", args), timeout=timeout + 1))
-        except pykka.Timeout as exc:
-            raise OSError(f"dial timed out after {timeout}s") from exc
-        return stream
 
 
 class MqttListener(MqttServing):

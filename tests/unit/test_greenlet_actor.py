@@ -11,6 +11,7 @@ import pytest
 from greenlet import greenlet
 
 from ferryman.actors.greenlet_actor import GreenletActor
+from ferryman.actors.session import Call, SessionActor
 
 
 class Recorder(GreenletActor):
@@ -96,3 +97,82 @@ def test_proxies_work_too() -> None:
     proxy.add(2).get(timeout=5)
     assert proxy.add(3).get(timeout=5) == 5
     ref.stop()
+
+
+def test_on_start_runs_before_start_returns_and_urns_are_unique() -> None:
+    log: list[Any] = []
+    a = Recorder.start(log)
+    assert log == ["start"]  # in the caller's greenlet: no greenlet was needed to start it
+    b = Recorder.start(log)
+    assert a.actor_urn != b.actor_urn
+    a.stop()
+    b.stop()
+
+
+class Session(SessionActor):
+    """A session actor that records how often it is closed and stopped."""
+
+    CALLS = SessionActor.CALLS | {"wait_then_close"}
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    def on_close(self, reason: str) -> None:
+        self.log.append(f"close:{reason}")
+
+    def on_stop(self) -> None:
+        self.log.append("stop")
+        super().on_stop()
+
+    def wait_then_close(self) -> None:
+        gevent.sleep(0.01)
+        self.close("asked")
+
+
+def session_of(ref: pykka.ActorRef[Any]) -> Session:
+    actor = ref._actor_weakref()  # the test looks inside; owners hold the object itself
+    assert isinstance(actor, Session)
+    return actor
+
+
+def test_an_idle_session_actor_ended_by_its_connection_stops_in_place_once() -> None:
+    live = SessionActor.live
+    log: list[str] = []
+    ref = Session.start(log)
+    assert SessionActor.live == live + 1
+    session_of(ref).connection_ended("device left")
+    # Stopped before connection_ended returned, in this greenlet, without a message.
+    assert not ref.is_alive()
+    assert log == ["close:device left", "stop"]
+    assert SessionActor.live == live
+    session_of(ref).connection_ended("again")  # idempotent
+    ref.stop(block=False)
+    gevent.sleep(0.01)
+    assert log == ["close:device left", "stop"]
+    assert SessionActor.live == live
+
+
+def test_a_session_actor_closing_in_its_own_message_stops_once() -> None:
+    live = SessionActor.live
+    log: list[str] = []
+    ref = Session.start(log)
+    ref.ask(Call("wait_then_close"), timeout=5)
+    assert not ref.is_alive()
+    assert log == ["close:asked", "stop"]
+    assert SessionActor.live == live
+    with pytest.raises(pykka.ActorDeadError):
+        ref.ask(Call("close", ("late",)), timeout=1)
+
+
+def test_a_busy_session_actor_handles_queued_messages_before_it_stops() -> None:
+    log: list[str] = []
+    ref = Session.start(log)
+    reply = ref.ask(Call("wait_then_close"), block=False)  # busy in its own greenlet for 10 ms
+    gevent.sleep(0)
+    session_of(ref).connection_ended("connection closed")  # from another greenlet meanwhile
+    assert log == ["close:connection closed"]  # closed at once; the stop waits for the message in hand
+    reply.get(timeout=5)
+    gevent.sleep(0.01)
+    assert not ref.is_alive()
+    assert log == ["close:connection closed", "stop"]
