@@ -39,7 +39,7 @@ from . import codec
 from .coalesce import ReadCoalescer
 from .codec import Limits
 from .constants import ConnackV3, ReasonCode
-from .context import ListenerContext, Stream
+from .context import ListenerContext, Parkable, Stream
 from .dataplane import AckPlans, DirectionState, process_down, process_up
 from .errors import (
     MessageRateTooHigh,
@@ -51,6 +51,7 @@ from .errors import (
 from .framing import Frame, Framer, Run
 from .limits import RateLimiter
 from .packets import Connack, Connect, Disconnect
+from .parking import Parked, PumpPark
 from .refusals import connack_code, disconnect_code, metric_reason
 
 __all__ = ["ProxiedConnection"]
@@ -80,6 +81,41 @@ TAKEOVER_WINDOW = 30.0
 class ProxiedConnection:
     """One device connection and its upstream: the owner of all its state. Used only from this
     connection's greenlets (its two pumps and its actors')."""
+
+    # Slots: one per connection, and an idle connection's memory is mostly such objects (parking.py).
+    __slots__ = (
+        "_claimed",
+        "_coalescer",
+        "_device_lock",
+        "_down_framer",
+        "_down_reads",
+        "_early",
+        "_lifetime",
+        "_taken_over_at",
+        "_up_framer",
+        "_upstream_lock",
+        "ack_plans",
+        "addr",
+        "close_reason",
+        "closed",
+        "connected",
+        "control",
+        "ctx",
+        "device",
+        "device_disconnected",
+        "down",
+        "down_park",
+        "enhanced_auth",
+        "grant",
+        "limits",
+        "on_close",
+        "peer",
+        "session",
+        "up",
+        "up_park",
+        "upstream",
+        "version",
+    )
 
     def __init__(self, ctx: ListenerContext, sock: Stream, addr: tuple[str, int]) -> None:
         self.ctx = ctx
@@ -123,6 +159,13 @@ class ProxiedConnection:
         self._claimed: str | None = None
         self._lifetime = 0.0
         self._taken_over_at = 0.0
+        # Each pump's parking (parking.py) and the state it resumes with (made when the pump first runs).
+        self.up_park = PumpPark()
+        self.down_park = PumpPark()
+        self._up_framer: Framer | None = None
+        self._down_framer: Framer | None = None
+        self._coalescer: ReadCoalescer | None = None
+        self._down_reads = 0
 
     def set_grant(self, grant: Grant) -> None:
         """Judge everything from now on by ``grant``; what the old grant allowed is forgotten. When the
@@ -169,6 +212,8 @@ class ProxiedConnection:
             return
         self.closed = True
         self.close_reason = reason
+        self.up_park.unpark()  # before the sockets close: their descriptor numbers are reused at once
+        self.down_park.unpark()
         held = wait > 0 and self.upstream is not None and self._upstream_lock.acquire(timeout=wait)
         try:
             for sock in (self.device, self.upstream):
@@ -403,16 +448,32 @@ class ProxiedConnection:
         return run_interceptors(self.grant, self.session, packet, direction)
 
     # ------------------------------------------------------------------------------------------ pumps
-    def uplink(self, rest: bytes) -> None:
-        """Device -> broker. Runs in the connection's handler greenlet until the connection ends."""
-        framer = Framer(self.ctx.settings.max_packet_size)
+    def run_uplink(self, data: bytes) -> bool:
+        """The uplink pump (device -> broker) in the calling greenlet, from ``data`` (what followed the
+        CONNECT, or b"" when resuming), until the connection ends (closed here, whatever ended it) or the
+        pump parks (True: it resumes in a new greenlet when the device sends, parking.py)."""
+        parked = False
+        try:
+            parked = self._uplink(data)
+        except Exception as exc:  # a bug must cost one connection, never the listener
+            logger.opt(exception=exc).error("connection {}:{} failed", *self.addr)
+        finally:
+            if not parked:
+                self.close(self.close_reason or "ended")
+        return parked
+
+    def _uplink(self, data: bytes) -> bool:
+        framer = self._up_framer
+        if framer is None:
+            framer = self._up_framer = Framer(self.ctx.settings.max_packet_size)
         up = self.up
         counters = up.counters
         limiter = up.limiter
-        data = rest
+        park = self.up_park
+        park.greenlet = gevent.getcurrent()
+        now = time.monotonic
         try:
             while True:
-                gevent.sleep(0)  # a socket that always has data never blocks, so never lets others run
                 if data:
                     buf, frames = framer.feed_runs(data)
                     if frames:
@@ -429,17 +490,46 @@ class ProxiedConnection:
                             else:
                                 self.send_device(b"".join(replies))
                     counters.flush(len(data))
+                gevent.sleep(0)  # a socket that always has data never blocks, so never lets others run
+                park.waiting_since = now()
                 data = self.device.recv(CHUNK)
+                park.waiting_since = 0.0
                 if not data:
                     self.close("client closed the connection")
-                    return
+                    return False
+        except Parked:
+            return self._park_uplink()
         except TimeoutError:
-            self.ctx.metrics.refusals.labels(self.ctx.name, "keepalive").inc()
-            self.kick("keepalive timeout", KEEP_ALIVE_TIMEOUT)
+            self._keepalive_expired()
         except MqttError as exc:
             self._fail(exc, Direction.UP)
         except (OSError, ValueError) as exc:  # ValueError: an SSL socket closed by another greenlet
             self.close(f"client socket: {exc}")
+        return False
+
+    def _park_uplink(self) -> bool:
+        since = self.up_park.waiting_since
+        device = self.device
+        if self.closed:
+            return False
+        if not isinstance(device, Parkable):  # cannot wait without a greenlet: go on in a new one
+            self.up_park.waiting_since = 0.0
+            gevent.spawn(self._resume_uplink)
+            return True
+        timeout = device.gettimeout()  # the keepalive deadline runs on while parked
+        if timeout is None:
+            self.up_park.park(device.fileno(), self._resume_uplink)
+        else:
+            within = timeout - (time.monotonic() - since)
+            self.up_park.park(device.fileno(), self._resume_uplink, self._keepalive_expired, within)
+        return True
+
+    def _resume_uplink(self) -> None:
+        self.run_uplink(b"")
+
+    def _keepalive_expired(self) -> None:
+        self.ctx.metrics.refusals.labels(self.ctx.name, "keepalive").inc()
+        self.kick("keepalive timeout", KEEP_ALIVE_TIMEOUT)
 
     def _limit(self, limiter: RateLimiter, buf: bytes, frames: list[Frame | Run], nbytes: int) -> None:
         """Hold the chunk until the device is within its publish rate, or disconnect it."""
@@ -454,21 +544,39 @@ class ProxiedConnection:
         gevent.sleep(debt)  # not reading meanwhile: TCP pushes back on the device
 
     def downlink(self) -> None:
-        """Broker -> device. Runs in the upstream session's greenlet until the connection ends."""
-        assert self.upstream is not None
-        framer = Framer()  # the broker enforces its own limits; the client's maximum is its own business
+        """Broker -> device. Runs in a greenlet of the upstream actor's until the connection ends or the
+        pump parks; a parked pump resumes here in a new greenlet when the broker sends (parking.py)."""
+        upstream = self.upstream
+        assert upstream is not None
+        framer = self._down_framer
+        if framer is None:  # the broker enforces its own limits; the client's maximum is its own business
+            framer = self._down_framer = Framer()
+        coalescer = self._coalescer
+        if coalescer is None:
+            coalescer = self._coalescer = ReadCoalescer(upstream, self.ctx.settings.flood_batch_wait)
         down = self.down
         counters = down.counters
-        coalescer = ReadCoalescer(self.upstream, self.ctx.settings.flood_batch_wait)
-        reads = 0
+        park = self.down_park
+        park.greenlet = gevent.getcurrent()
+        now = time.monotonic
         try:
             while True:
-                reads += 1
-                if not reads % FAIR_READS_DOWN:
+                self._down_reads += 1
+                if not self._down_reads % FAIR_READS_DOWN:
                     gevent.sleep(0)
                 try:
                     coalescer.wait()
-                    data = self.upstream.recv(CHUNK)
+                    park.waiting_since = now()
+                    data = upstream.recv(CHUNK)
+                    park.waiting_since = 0.0
+                except Parked:
+                    park.waiting_since = 0.0
+                    if self.closed:
+                        return
+                    if isinstance(upstream, Parkable):
+                        park.park(upstream.fileno(), self.downlink)
+                        return
+                    continue  # cannot wait without a greenlet: this one goes on
                 except (OSError, ValueError) as exc:
                     self._upstream_lost(f"broker socket: {exc}")
                     return

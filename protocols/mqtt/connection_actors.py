@@ -63,11 +63,11 @@ class MqttUpstreamActor(UpstreamActorBase):
     def __init__(self, conn: ProxiedConnection) -> None:
         super().__init__()
         self.conn = conn
-        self._downlink: gevent.Greenlet | None = None
         conn.on_close.append(self.connection_ended)
 
     def on_start(self) -> None:
-        self._downlink = gevent.spawn(self.conn.downlink)
+        # Not kept: the pump ends its greenlet when it parks and resumes in a new one (parking.py).
+        gevent.spawn(self.conn.downlink)
 
     def on_close(self, reason: str) -> None:
         self.conn.close(reason)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
 
-__all__ = ["Dialer", "ListenerContext", "Stream"]
+__all__ = ["Dialer", "ListenerContext", "Parkable", "Stream"]
 
 
 class Stream(Protocol):
@@ -26,6 +26,15 @@ class Stream(Protocol):
     def settimeout(self, value: float | None, /) -> None: ...
     def shutdown(self, how: int, /) -> None: ...
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Parkable(Protocol):
+    """A stream a parked pump can wait on without a greenlet (parking.py): a socket (TLS included), whose
+    readiness is its descriptor's. A WebSocket adapter is not one: it may hold bytes of a frame read."""
+
+    def fileno(self) -> int: ...
+    def gettimeout(self) -> float | None: ...
 
 
 #: Opens the upstream within a timeout (seconds); raises OSError when it cannot.

@@ -37,7 +37,8 @@ from ferryman.protocols.tls.server import NO_PEER, PeerCertificate, TlsRefused, 
 from .connection import ProxiedConnection
 from .connection_actors import MqttDeviceActor, MqttUpstreamActor
 from .context import Dialer, ListenerContext, Stream
-from .kind import MQTT_KIND
+from .kind import MQTT_KIND, PARK_IDLE_AFTER
+from .parking import sweep
 from .refusals import connack_code
 
 __all__ = [
@@ -64,11 +65,16 @@ def socket_dialer(
 
 
 class AcceptServer(ExhaustionBackoff, StreamServer):  # type: ignore[misc]  # gevent is untyped
-    """The MQTT listener's ``StreamServer``, with ``ExhaustionBackoff``."""
+    """The MQTT listener's ``StreamServer``, with ``ExhaustionBackoff``. Its handler owns each accepted
+    socket and closes it: a connection whose pumps park (parking.py) outlives the handler's greenlet, so
+    the server must not close the socket when that greenlet ends, as ``StreamServer`` does."""
 
     def __init__(self, listener: Any, handle: Any, name: str = "") -> None:
         super().__init__(listener, handle)
         self.label = name
+
+    def do_close(self, *args: Any) -> None:
+        pass  # the handler closes its socket (class docstring)
 
 
 class MqttServing(pykka.ThreadingActor):
@@ -245,14 +251,14 @@ class MqttServing(pykka.ThreadingActor):
         conn.on_close.append(finished)
         try:
             rest = conn.establish(self._dialer(conn))
-            if rest is None:
-                return
-            MqttUpstreamActor.start(conn)  # starts the downlink pump
-            conn.uplink(rest)
         except Exception as exc:  # a bug must cost one connection, never the listener
             logger.opt(exception=exc).error("connection {}:{} failed", *addr)
-        finally:
+            rest = None
+        if rest is None:
             conn.close(conn.close_reason or "ended")
+            return
+        MqttUpstreamActor.start(conn)  # starts the downlink pump
+        conn.run_uplink(rest)  # until the connection ends, or its uplink parks (parking.py)
 
     def _dialer(self, conn: ProxiedConnection) -> Callable[[], Stream]:
         """The connection's dial: the listener's dialer, or one that sends the device's address in a PROXY
@@ -286,11 +292,15 @@ class MqttListener(MqttServing):
     def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
         super().__init__(settings, chain, metrics)
         self.server = AcceptServer((settings.host, settings.port), self._handle, settings.name)
+        self._sweep: gevent.Greenlet | None = None  # parks idle connections' pumps (parking.py)
         self.server.init_socket()
         self.address = self.server.address[:2]
 
     def on_start(self) -> None:
         self.server.start()
+        park_after = float(self.ctx.settings.options.get("park_idle_after", PARK_IDLE_AFTER))
+        if park_after > 0:
+            self._sweep = gevent.spawn(sweep, lambda: self.connections, park_after)
         logger.info(
             "listener {!r}: mqtt on {}:{} -> {}", self.ctx.name, *self.address, self.ctx.settings.target
         )
@@ -298,13 +308,22 @@ class MqttListener(MqttServing):
     def stop_accepting(self) -> None:
         if not self.server.closed:
             self.server.close()
+        if self._sweep is not None:
+            self._sweep.kill(block=False)
+            self._sweep = None
 
     def _handle(self, sock: socket.socket, addr: tuple[str, int]) -> None:
-        self.tune_socket(sock)
-        peer = self.proxied_peer(sock, addr)  # PROXY protocol: before the TLS ClientHello
-        if peer is None:
-            return
-        addr = peer
-        accepted = self.accept_tls(sock, addr)
-        if accepted is not None:
-            self.serve(accepted[0], addr, accepted[1])
+        """One accepted socket, closed here on every path but a parked connection's (``AcceptServer``)."""
+        try:
+            self.tune_socket(sock)
+            peer = self.proxied_peer(sock, addr)  # PROXY protocol: before the TLS ClientHello
+            if peer is None:
+                return
+            addr = peer
+            accepted = self.accept_tls(sock, addr)
+            if accepted is None:
+                return
+        except BaseException:
+            sock.close()
+            raise
+        self.serve(accepted[0], addr, accepted[1])

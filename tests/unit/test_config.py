@@ -12,6 +12,7 @@ from ferryman.config import (
     EXAMPLE_FILE,
     AuthSettings,
     BridgeSettings,
+    ListenerOptions,
     ListenerSettings,
     LogSettings,
     MetricsSettings,
@@ -54,7 +55,11 @@ target = "tcp://127.0.0.1:1883"
 """
 
 DEFAULT_LISTENER = ListenerSettings(
-    name="mqtt", protocol="mqtt", address="127.0.0.1:1884", target="tcp://127.0.0.1:1883"
+    name="mqtt",
+    protocol="mqtt",
+    address="127.0.0.1:1884",
+    target="tcp://127.0.0.1:1883",
+    options=ListenerOptions({"park_idle_after": 5.0}),  # the mqtt kind's own key, at its default
 )
 
 

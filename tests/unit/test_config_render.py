@@ -172,6 +172,7 @@ def test_settings_to_dict(tmp_path: Path) -> None:
                 "proxy_protocol": False,
                 "trusted_proxies": [],
                 "target_proxy_protocol": 0,
+                "park_idle_after": 5.0,
             }
         ],
         "auth": {"handler": "allow-all", "client_id_binding": "identity"},
