@@ -54,8 +54,11 @@ class Gateway:
         components: Sequence[Component] = (),
         *,
         handlers: Sequence[pykka.ActorRef[Any]] = (),
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
+        #: One worker of several (``ferryman run --workers N``): listeners bind SO_REUSEPORT sockets.
+        self.reuse_port = reuse_port
         self._listener_factories = dict(listener_factories or {})
         self._handler_factories = dict(handler_factories or {})
         # Builders of further parts (the bridge): each returns what it started, actor refs or objects with
@@ -68,7 +71,7 @@ class Gateway:
         self.parts: list[Any] = []
         #: The one asyncio loop of this gateway (slixmpp, aiocoap), running while someone holds a lease.
         self.asyncio = SharedHost()
-        self.services = ListenerServices(asyncio=self.asyncio)
+        self.services = ListenerServices(asyncio=self.asyncio, reuse_port=reuse_port)
         self.metrics = Metrics()
         self.router: pykka.ActorRef[Any] | None = None
         self.handlers: list[pykka.ActorRef[Any]] = []
@@ -130,7 +133,9 @@ class Gateway:
             else:
                 self.parts.extend(built)
         # Everything a listener uses beside its settings, the chain and the metrics: built above, handed over.
-        self.services = ListenerServices(router=self.router, ports=ports, asyncio=self.asyncio)
+        self.services = ListenerServices(
+            router=self.router, ports=ports, asyncio=self.asyncio, reuse_port=self.reuse_port
+        )
         for ls in s.listeners:
             listener_cls = self.listener_class(ls.protocol)
             problems = listener_cls.validate_settings(ls)

@@ -2,13 +2,19 @@
 
 The data plane never touches a Prometheus counter per packet: sessions count into plain integers and add
 them to the counters once per chunk read (see ``PacketCounters``).
+
+With worker processes (``ferryman run --workers N``) each worker's values live in prometheus_client's
+multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor for its workers) and the supervisor
+serves their sum; every gauge says how it is summed (``multiprocess_mode``: ``livesum``, the workers alive).
+The gauges computed at scrape time (actors, greenlets, CoAP observations) cannot be read across processes:
+a worker writes them every few seconds (``sample_process_gauges``). In one process none of this applies.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import pykka
 from gevent.pywsgi import WSGIServer
@@ -16,7 +22,7 @@ from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["PACKET_TYPE_NAMES", "Metrics", "MetricsServer", "PacketCounters"]
+__all__ = ["PACKET_TYPE_NAMES", "Metrics", "MetricsServer", "PacketCounters", "Renders"]
 
 PACKET_TYPE_NAMES = (
     "reserved",
@@ -43,7 +49,11 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.connections_open = Gauge(
-            "ferryman_connections_open", "Device connections open now", ["listener"], registry=r
+            "ferryman_connections_open",
+            "Device connections open now",
+            ["listener"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.connections_total = Counter(
             "ferryman_connections", "Device connections accepted", ["listener"], registry=r
@@ -60,16 +70,28 @@ class Metrics:
             registry=r,
         )
         self.actors = Gauge(
-            "ferryman_actors", "Pykka actors alive (registered ones and session actors)", registry=r
+            "ferryman_actors",
+            "Pykka actors alive (registered ones and session actors)",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.actors.set_function(_count_actors)
-        self.greenlets = Gauge("ferryman_greenlets", "Greenlets alive", registry=r)
+        self.greenlets = Gauge(
+            "ferryman_greenlets", "Greenlets alive", registry=r, multiprocess_mode="livesum"
+        )
         self.greenlets.set_function(_count_greenlets)
         self.coap_observations = Gauge(
-            "ferryman_coap_observations", "CoAP observations open now", ["listener"], registry=r
+            "ferryman_coap_observations",
+            "CoAP observations open now",
+            ["listener"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.bridge_subscriptions = Gauge(
-            "ferryman_bridge_subscriptions", "XMPP bridge subscriptions held (JID, filter)", registry=r
+            "ferryman_bridge_subscriptions",
+            "XMPP bridge subscriptions held (JID, filter)",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.bridge_commands_refused = Counter(
             "ferryman_bridge_commands_refused",
@@ -91,6 +113,22 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def sample_process_gauges(self) -> None:
+        """Write what every gauge reads now as its value: the ones read at scrape time (``set_function``:
+        actors, greenlets, CoAP observations and proxy state) are not in a worker's multiprocess file
+        otherwise. A worker process calls this every few seconds, so that the supervisor's sum over the
+        workers' files has them; for the other gauges it writes the value they hold (no yield between)."""
+        for gauge in [value for value in vars(self).values() if isinstance(value, Gauge)]:
+            for family in gauge.collect():
+                for sample in family.samples:
+                    (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
+
+
+class Renders(Protocol):
+    """What ``MetricsServer`` serves at /metrics: a worker's ``Metrics``, or the supervisor's sum."""
+
+    def render(self) -> bytes: ...
 
 
 def _count_actors() -> int:
@@ -128,10 +166,12 @@ class PacketCounters:
 
 
 class MetricsServer:
-    """Serves ``/metrics`` (Prometheus text format) and ``/health`` (JSON) on one address."""
+    """Serves ``/metrics`` (Prometheus text format) and ``/health`` (JSON) on one address. /health answers
+    200 when its ``status`` is ``ok`` (or ``degraded``: a supervisor with some of its workers serving), 503
+    otherwise."""
 
     def __init__(
-        self, address: tuple[str, int], metrics: Metrics, health: Callable[[], dict[str, Any]]
+        self, address: tuple[str, int], metrics: Renders, health: Callable[[], dict[str, Any]]
     ) -> None:
         self.metrics = metrics
         self.health = health
@@ -156,7 +196,7 @@ class MetricsServer:
             return [body]
         if path == "/health":
             state = self.health()
-            ok = state.get("status") == "ok"
+            ok = state.get("status") in ("ok", "degraded")
             start_response(
                 "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")]
             )

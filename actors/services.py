@@ -36,11 +36,17 @@ class Built:
 @dataclass(frozen=True)
 class ListenerServices:
     """The Gateway's collaborators for its listeners: its Router, the ports its components offer, and
-    its asyncio host (``asyncio.lease()``, for listeners built on asyncio libraries: CoAP)."""
+    its asyncio host (``asyncio.lease()``, for listeners built on asyncio libraries: CoAP).
+
+    ``reuse_port``: this gateway is one worker of several (``ferryman run --workers N``): a TCP listener
+    binds its own ``SO_REUSEPORT`` socket (``protocols/sockets.py``), one of a group the kernel spreads
+    connections over. A listener class says whether it can run in every worker with a classmethod
+    ``in_every_worker(settings) -> bool``; without one it runs in worker 0 only."""
 
     router: pykka.ActorRef[Any] | None = None
     ports: Mapping[str, Any] = field(default_factory=dict)
     asyncio: SharedHost = field(default_factory=SharedHost)
+    reuse_port: bool = False
 
     def publish_port(self, kind: str, listener: str) -> Any:
         """The port of ``kind`` for a publish-mode listener (``target = "mqtt"``); GatewayError when the

@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import format_key_path
 from .keys import Kind
@@ -19,12 +20,14 @@ from .schema import (
     BridgeMqttSettings,
     BridgeSettings,
     BridgeXmppSettings,
+    ClusterSettings,
     HandlerSettings,
     JidRuleSettings,
     ListenerOptions,
     ListenerSettings,
     LogSettings,
     MetricsSettings,
+    RunSettings,
     Settings,
     SmartgridSettings,
     TargetTlsSettings,
@@ -63,12 +66,14 @@ def build_settings(root: TableReader, source: str, kinds: Mapping[str, ListenerK
     metrics_settings = MetricsSettings(address=metrics.string("address", "127.0.0.1:9100"))
     if metrics_settings.address:
         _check_address(metrics, "address", metrics_settings.address)
+    run_settings = RunSettings(workers=root.section("run").workers("workers", 1))
     listener_readers = root.tables("listener")
     listeners = [_listener(reader, kinds) for reader in listener_readers]
     _check_unique_listeners(listener_readers, listeners, kinds, metrics, metrics_settings.address)
     auth = _auth(root.section("auth"))
     handlers = tuple(_handler(reader) for reader in root.tables("handler"))
     bridge = _bridge(root.section("bridge"))
+    cluster = _cluster(root.section("cluster"))
     if bridge.mqtt is None:
         for reader, listener in zip(listener_readers, listeners, strict=True):
             kind = kinds.get(listener.protocol)
@@ -81,10 +86,12 @@ def build_settings(root: TableReader, source: str, kinds: Mapping[str, ListenerK
     return Settings(  # arguments in file order, so that problems are reported in that order
         log=log_settings,
         metrics=metrics_settings,
+        run=run_settings,
         listeners=tuple(listeners),
         auth=auth,
         handlers=handlers,
         bridge=bridge,
+        cluster=cluster,
         shutdown_timeout=shutdown_timeout,
         source=source,
     )
@@ -380,6 +387,10 @@ def _tls(r: TableReader) -> TlsSettings:
         revocation_timeout=r.positive_number("revocation_timeout", 3.0),
         revocation_fail_open=r.boolean("revocation_fail_open", False),
         ocsp_nonce=r.boolean("ocsp_nonce", True),
+        session_tickets=r.boolean("session_tickets", True),
+        # at least a minute (each rotation costs every ticket outstanding), at most a week (RFC 8446's
+        # longest ticket life)
+        ticket_rotation=r.number("ticket_rotation", 3600.0, 60.0, 604_800.0),
     )
 
 
@@ -575,3 +586,59 @@ def _bridge_xmpp(r: TableReader) -> BridgeXmppSettings:
         default_publish=defaults["default_publish"],
         default_subscribe=defaults["default_subscribe"],
     )
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")  # [cluster] redis
+LEASE_TTL_RANGE = (0.5, 3600.0)  # [cluster] lease_ttl, seconds
+
+
+def _cluster(r: TableReader) -> ClusterSettings:
+    """``[cluster]``: the Redis the XMPP bridge's replicas share (lease, subscriptions); ``redis`` "" = none.
+    The other keys are accepted without ``redis`` (``ferryman check --print`` writes every key)."""
+    issues_before = len(r.ctx.issues)
+    redis = r.string("redis", "")
+    if redis:
+        problem = _redis_url_problem(redis)
+        if problem:
+            r.report("redis", problem)
+    lease_ttl = r.number("lease_ttl", 5.0, *LEASE_TTL_RANGE)
+    renew_interval = r.positive_number("renew_interval", 1.0)
+    if len(r.ctx.issues) == issues_before and renew_interval * 3 > lease_ttl:
+        r.report(
+            "renew_interval",
+            f"{renew_interval:g} s is more than a third of lease_ttl ({lease_ttl:g} s): the lease must "
+            "outlast two failed renewals",
+        )
+    key_prefix = r.string("key_prefix", "ferryman:")
+    if any(c.isspace() or not c.isprintable() for c in key_prefix):
+        r.report("key_prefix", f"{key_prefix!r}: no spaces or control characters")
+    return ClusterSettings(
+        redis=redis,
+        username=r.string("username", ""),
+        password=r.string("password", ""),
+        lease_ttl=lease_ttl,
+        renew_interval=renew_interval,
+        key_prefix=key_prefix,
+    )
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """What is wrong with a ``[cluster] redis`` URL, or None."""
+    try:
+        parts = urlsplit(url)
+        if parts.port == 0:
+            return f"{url!r}: port 0"
+    except ValueError as exc:  # a port that is not a number, or out of range
+        return f"{url!r}: {exc}"
+    if parts.scheme not in REDIS_SCHEMES:
+        return f"{url!r}: expected redis://host:port/db, rediss://host:port/db or unix:///path/redis.sock"
+    if parts.password is not None:
+        return "a password in the URL would be shown wherever settings are printed: set [cluster] password"
+    if parts.scheme == "unix":
+        return None if parts.path else f"{url!r}: no socket path"
+    if not parts.hostname:
+        return f"{url!r}: no host"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"{url!r}: the database {db!r} is not a number"
+    return None

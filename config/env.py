@@ -74,8 +74,10 @@ def _convert(text: str, kind: Kind) -> Any:
         return parse_bool(text)
     if kind is Kind.STRS:
         return list(parse_strings(text))
+    if kind is Kind.INT_OR_AUTO and text.strip() == "auto":
+        return "auto"
     try:
-        return int(text.strip()) if kind is Kind.INT else float(text.strip())
+        return int(text.strip()) if kind in (Kind.INT, Kind.INT_OR_AUTO) else float(text.strip())
     except ValueError:
         raise ValueError(f"expected {kind.value}, got {text!r}") from None
 

@@ -23,6 +23,7 @@ class Kind(enum.Enum):
     BOOL = "a boolean"
     STRS = "an array of strings"
     FREE = "a table"  # free-form options: any keys, any TOML values
+    INT_OR_AUTO = 'an integer or "auto"'  # [run] workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,8 @@ _TLS = Table(
         "revocation_timeout": Kind.FLOAT,
         "revocation_fail_open": Kind.BOOL,
         "ocsp_nonce": Kind.BOOL,
+        "session_tickets": Kind.BOOL,
+        "ticket_rotation": Kind.FLOAT,
     }
 )
 
@@ -129,6 +132,7 @@ ROOT = Table(
         "shutdown_timeout": Kind.FLOAT,
         "log": Table({"level": Kind.STR, "format": Kind.STR}),
         "metrics": Table({"address": Kind.STR}),
+        "run": Table({"workers": Kind.INT_OR_AUTO}),
         "listener": TableArray(LISTENER_TABLE),
         "auth": Table(
             {
@@ -165,6 +169,16 @@ ROOT = Table(
                     }
                 ),
                 "smartgrid": Table({"root": Kind.STR}),
+            }
+        ),
+        "cluster": Table(
+            {
+                "redis": Kind.STR,
+                "username": Kind.STR,
+                "password": Kind.STR,
+                "lease_ttl": Kind.FLOAT,
+                "renew_interval": Kind.FLOAT,
+                "key_prefix": Kind.STR,
             }
         ),
     }

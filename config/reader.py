@@ -14,6 +14,7 @@ from typing import Any
 from .errors import KeyPath, SettingIssue, format_key_path
 from .frozen import FrozenMap
 from .keys import Kind, Node, Table, TableArray
+from .schema import MAX_WORKERS
 
 __all__ = ["Context", "TableReader", "describe", "suggest"]
 
@@ -169,6 +170,24 @@ class TableReader:
             bounds = f"{'' if low is None else low}..{'' if high is None else high}"
             self.report(key, f"{value} is out of range {bounds}")
         return float(value)
+
+    def workers(self, key: str, default: int | str) -> int | str:
+        """A count of worker processes: an integer 1..MAX_WORKERS, or the string ``"auto"``."""
+        value = self._value(key, Kind.INT_OR_AUTO)
+        if value is _MISSING:
+            return default
+        if isinstance(value, str):
+            if value == "auto":
+                return value
+            self.report(key, f'expected an integer or "auto", got {describe(value)}')
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._wrong_type(key, Kind.INT_OR_AUTO, value)
+            return default
+        if not 1 <= value <= MAX_WORKERS:
+            self.report(key, f'{value} is out of range 1..{MAX_WORKERS} (or "auto": one per CPU)')
+            return default
+        return value
 
     def with_spec(self, spec: Table) -> TableReader:
         """The same table read against another key tree (a listener's kind's), without reporting unknown

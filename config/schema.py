@@ -3,6 +3,7 @@ validation, so an instance built by hand is taken as given."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -16,12 +17,14 @@ __all__ = [
     "BridgeMqttSettings",
     "BridgeSettings",
     "BridgeXmppSettings",
+    "ClusterSettings",
     "HandlerSettings",
     "JidRuleSettings",
     "ListenerOptions",
     "ListenerSettings",
     "LogSettings",
     "MetricsSettings",
+    "RunSettings",
     "Settings",
     "SmartgridSettings",
     "TargetTlsSettings",
@@ -69,6 +72,46 @@ class MetricsSettings:
         return self.address != ""
 
 
+#: ``[run] workers`` (and ``ferryman run --workers``): at most this many worker processes.
+MAX_WORKERS = 256
+
+
+def parse_workers(text: str) -> int | str:
+    """A ``workers`` value from text (``--workers``, ``FERRYMAN_RUN__WORKERS``): ``"auto"`` or an integer
+    1..MAX_WORKERS; ValueError naming what was wrong."""
+    value = text.strip()
+    if value == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError(f'expected a number of worker processes or "auto", got {text!r}') from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise ValueError(f"{count} is out of range 1..{MAX_WORKERS}")
+    return count
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, as taskset and cpusets set it), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """``[run]``: how the gateway runs. ``workers``: worker processes (an integer, or ``"auto"``: one per
+    CPU); 1 (the default) is one process and no supervisor."""
+
+    workers: int | str = 1
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` as a number: ``"auto"`` is the CPU count."""
+        return cpu_count() if self.workers == "auto" else int(self.workers)
+
+
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
     """TLS termination of a listener. Paths are absolute (the loader resolves relative ones against the
@@ -86,6 +129,10 @@ class TlsSettings:
     revocation_timeout: float = 3.0  # seconds for one OCSP request or CRL download
     revocation_fail_open: bool = False  # accept when OCSP / the CRL can't be had (default: refuse)
     ocsp_nonce: bool = True  # send a nonce and require it back
+    #: TLS session resumption with tickets (one per handshake); false: no resumption at all
+    session_tickets: bool = True
+    #: seconds the ticket keys of one period are used; tickets of an earlier period need a full handshake
+    ticket_rotation: float = 3600.0
 
     @property
     def mutual(self) -> bool:
@@ -302,12 +349,34 @@ class BridgeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Replicas sharing state through Redis (``[cluster]``). ``redis`` "" (the default): no cluster, the
+    bridge is embedded (SQLite store, always active); set: the XMPP bridge runs active/standby under a
+    lease in Redis and keeps its subscriptions there (``docs/scale.md``)."""
+
+    redis: str = ""  # redis://host:port/db | rediss://host:port/db | unix:///path.sock?db=N
+    username: str = ""  # Redis ACL user ("" = the default user)
+    password: str = ""  # Redis AUTH password (never in the URL: this one is masked when printed)
+    lease_ttl: float = 5.0  # seconds a bridge lease lasts without a renewal
+    renew_interval: float = 1.0  # seconds between two renewals (and between a standby's tries)
+    key_prefix: str = "ferryman:"  # prefix of every Redis key ferryman writes
+
+    __repr__ = _masked_repr
+
+    @property
+    def enabled(self) -> bool:
+        return self.redis != ""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    run: RunSettings = field(default_factory=RunSettings)
     listeners: tuple[ListenerSettings, ...] = ()
     auth: AuthSettings = field(default_factory=AuthSettings)
     handlers: tuple[HandlerSettings, ...] = ()
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     shutdown_timeout: float = 5.0
     source: str = "<defaults>"  # the settings file's path, or "<defaults>"

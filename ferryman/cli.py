@@ -17,7 +17,14 @@ from loguru import logger
 
 from ferryman.actors.gateway import Gateway, GatewayError
 from ferryman.actors.log import configure_logging
-from ferryman.config import ListenerKind, Settings, SettingsError, render_settings
+from ferryman.config import (
+    ListenerKind,
+    RunSettings,
+    Settings,
+    SettingsError,
+    parse_workers,
+    render_settings,
+)
 from ferryman.versions import check as check_versions
 
 __all__ = ["main"]
@@ -96,7 +103,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    configure_logging(settings.log.level, settings.log.format)
+    index: int | None = args.worker_index  # set: one worker process of a supervisor (ferryman/workers.py)
+    if index is not None and not args.worker_dir:
+        print(
+            "ferryman run: --worker-index is for the supervisor's workers (use --workers N)", file=sys.stderr
+        )
+        return 2
+    configure_logging(settings.log.level, settings.log.format, "" if index is None else f"worker {index}")
     if not check_versions(lambda problem: logger.error("cannot start: {}", problem)):
         return 1
     problems = _handler_problems(settings, classes)
@@ -105,8 +118,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             logger.error("{}: {}", settings.source, p)
         return 2
     from ferryman.wiring import build_gateway
+    from ferryman.workers import WorkerRole, supervise
 
-    gateway: Gateway = build_gateway(settings, listeners=classes)
+    if index is None:
+        count = worker_count(args.workers, settings)
+        if count > 1:
+            rc = supervise(settings, classes, count, args.config)
+            if rc is not None:
+                return rc
+    role = WorkerRole(index, args.worker_dir, args.worker_fd, classes) if index is not None else None
+    if role is not None:
+        settings = role.settings_for(settings)
+    gateway: Gateway = build_gateway(
+        settings, listeners=classes, **(role.gateway_options() if role is not None else {})
+    )
     stop = Event()
 
     def on_signal(signame: str) -> None:
@@ -122,6 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except SettingsError as exc:
             logger.error("SIGHUP: settings not reloaded (the running ones stay):\n{}", exc)
             return
+        if role is not None:
+            new = role.settings_for(new)
         problem = _reload_problem(gateway.settings, new)
         if problem:
             logger.error("SIGHUP: settings not reloaded (the running ones stay): {}: {}", new.source, problem)
@@ -140,12 +167,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         logger.error("cannot start: {}", exc)
         return 1
     try:
+        if role is not None:
+            role.started(gateway, stop)
         stop.wait()
     finally:
         gateway.stop()
+        if role is not None:
+            role.stopped()
         for h in handlers:
             h.cancel()
     return 0
+
+
+def worker_count(flag: int | str | None, settings: Settings) -> int:
+    """The number of worker processes: ``--workers`` when given, else ``[run] workers``; "auto" is the
+    CPU count."""
+    return RunSettings(workers=flag if flag is not None else settings.run.workers).worker_count
+
+
+def _workers_arg(text: str) -> int | str:
+    """``--workers``: an integer 1..MAX_WORKERS or "auto" (argparse prints the message and exits 2)."""
+    try:
+        return parse_workers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _reload_problem(running: Settings, new: Settings) -> str | None:
@@ -275,6 +320,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument(
         "--config", "-c", help="settings file (TOML); default: $FERRYMAN_CONFIG or embedded defaults"
     )
+    run.add_argument(
+        "--workers",
+        type=_workers_arg,
+        metavar="N|auto",
+        help='worker processes (default: [run] workers, else 1); "auto": one per CPU',
+    )
+    # A worker of a supervisor (ferryman/workers.py starts them): its index, the supervisor's directory, the
+    # pipe whose end closes when the supervisor is gone. Not for operators.
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-dir", help=argparse.SUPPRESS)
+    run.add_argument("--worker-fd", type=int, default=-1, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a settings file and print every error")
     check.add_argument("--config", "-c", help="settings file (TOML)")

@@ -117,6 +117,8 @@ def build_gateway(
     *,
     handlers: Sequence[pykka.ActorRef[Any]] = (),
     listeners: Mapping[str, Any] | None = None,
+    with_bridge: bool = True,
+    reuse_port: bool = False,
 ) -> Gateway:
     """The Gateway for ``settings`` (from ``load_settings`` or built by hand), not yet started.
 
@@ -124,6 +126,9 @@ def build_gateway(
     settings=...)``); they join the chain after the configured auth handler and ``[[handler]]`` tables, and
     ``Gateway.stop()`` leaves them running: the caller stops them (see examples/embedding/).
     ``listeners``: the listener classes by protocol (default: :func:`listener_classes`).
+    ``with_bridge``: False leaves the bridge (``[bridge.*]``) out: a worker process other than worker 0
+    (``ferryman run --workers N``; the bridge and its MQTT session run in exactly one process).
+    ``reuse_port``: listeners bind SO_REUSEPORT sockets, one per worker process.
 
     Raises ``GatewayError`` when an installed gevent, Pykka, paho-mqtt or aiocoap release is outside the range
     ferryman is tested with (``ferryman.versions``): an embedding program gets the check ``ferryman run``
@@ -138,6 +143,7 @@ def build_gateway(
         settings,
         listener_factories=listener_classes() if listeners is None else listeners,
         handler_factories=HANDLERS,
-        components=[build_bridge],
+        components=[build_bridge] if with_bridge else [],
         handlers=handlers,
+        reuse_port=reuse_port,
     )

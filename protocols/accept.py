@@ -9,6 +9,8 @@ from typing import Any
 import gevent
 from loguru import logger
 
+from .sockets import tcp_listener
+
 __all__ = ["EXHAUSTED", "ExhaustionBackoff"]
 
 #: accept() errors that mean "out of descriptors or memory for now", not "the listening socket is broken".
@@ -28,8 +30,21 @@ class ExhaustionBackoff:
     MIN_PAUSE = 0.05
     MAX_PAUSE = 1.0
     label = ""  # the listener's name, in the log lines
+    #: Set before ``init_socket()``: the listening socket is one of a SO_REUSEPORT group, one per worker
+    #: process (``ferryman run --workers N``, ``protocols/sockets.py``); False binds as gevent does.
+    reuse_port = False
     _pause = 0.0
     _failed = 0
+
+    def get_listener(self, address: Any, backlog: int | None = None, family: int | None = None) -> Any:
+        """gevent's ``init_socket`` asks this for the listening socket (on the instance, so this instance
+        method takes the place of the server class's classmethod)."""
+        if not self.reuse_port:
+            return super().get_listener(address, backlog, family)  # type: ignore[misc]
+        server: Any = self
+        return tcp_listener(
+            address, backlog if backlog is not None else server.backlog, family, server.reuse_addr
+        )
 
     def do_read(self) -> Any:
         try:

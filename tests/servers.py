@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -167,7 +168,8 @@ class Mosquitto:
 
 
 class GatewayProcess:
-    """``python -m ferryman run --config FILE`` with ``{port}``/``{metrics_port}`` filled into the TOML."""
+    """``python -m ferryman run --config FILE [args]`` with ``{port}``/``{metrics_port}`` filled into the
+    TOML."""
 
     def __init__(
         self,
@@ -176,7 +178,9 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         ports: int = 1,
         fills: dict[str, object] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
+        self.args = args
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         *self.ports, self.metrics_port = free_ports(ports + 1)
@@ -196,7 +200,7 @@ class GatewayProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ferryman", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "ferryman", "run", "--config", str(self.config_path), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=self.stderr_path.open("wb"),
             env=self.env,
@@ -211,6 +215,15 @@ class GatewayProcess:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
+
+    def metric(self, name: str) -> float:
+        """The first sample of ``name`` on the gateway's /metrics (the TOML must put metrics on
+        ``{metrics_port}``)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"{name} not in /metrics")
 
     def send_signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -187,6 +187,14 @@ class CoapListener(pykka.ThreadingActor):
     def bound_address(self) -> tuple[str, int]:
         return self.address
 
+    @classmethod
+    def in_every_worker(cls, settings: Any) -> bool:
+        """With worker processes: plain CoAP in proxy mode runs in every worker (aiocoap's udp6 transport
+        binds with SO_REUSEPORT itself; the kernel keeps each peer on one worker's socket by its address).
+        DTLS (whose sessions live in one socket's process) and publish mode (beside the bridge) run in
+        worker 0."""
+        return not (settings.parsed_target.is_publish or settings.psk or settings.tls is not None)
+
     def stop_accepting(self) -> None:
         self.ctx.stopping = True  # read in the asyncio thread: new requests get 5.03
 

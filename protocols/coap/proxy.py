@@ -278,6 +278,7 @@ def _state_gauges(ctx: CoapContext, site: ProxySite) -> None:
             "Per-peer state of CoAP proxy listeners (observations, partial Block1 uploads, Block2 responses)",
             ["listener", "kind"],
             registry=ctx.metrics.registry,
+            multiprocess_mode="livesum",  # worker processes: summed over the live ones
         )
         ctx.metrics.coap_proxy_state = gauge  # type: ignore[attr-defined]
     for kind in ("observations", "block1", "block2", *_FAST_KINDS):

@@ -81,6 +81,7 @@ class HttpListener(pykka.ThreadingActor):
             idle_timeout=settings.idle_timeout,
             trusted=TrustedProxies(settings.trusted_proxies) if settings.proxy_protocol else None,
         )
+        self.server.reuse_port = services.reuse_port  # one socket per worker (ferryman run --workers N)
         self.server.init_socket()
         self.address: tuple[str, int] = self.server.address[:2]
 
@@ -94,6 +95,12 @@ class HttpListener(pykka.ThreadingActor):
 
     def bound_address(self) -> tuple[str, int]:
         return self.address
+
+    @classmethod
+    def in_every_worker(cls, settings: Any) -> bool:
+        """With worker processes: a reverse proxy runs in every worker; publish mode only beside the bridge's
+        MQTT session, in worker 0."""
+        return not settings.parsed_target.is_publish
 
     def stop_accepting(self) -> None:
         if not self.server.closed:

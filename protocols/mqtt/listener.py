@@ -21,6 +21,7 @@ from loguru import logger
 from ferryman.actors.contracts import Refusal, RefusalCode
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
+from ferryman.actors.services import ListenerServices
 from ferryman.actors.session import ActorSessionControl
 from ferryman.protocols.accept import ExhaustionBackoff
 from ferryman.protocols.addresses import plain_address
@@ -144,6 +145,11 @@ class MqttServing(pykka.ThreadingActor):
 
     def bound_address(self) -> tuple[str, int]:
         return self.address
+
+    @classmethod
+    def in_every_worker(cls, settings: Any) -> bool:
+        """With worker processes, every worker runs this listener (its own SO_REUSEPORT socket)."""
+        return True
 
     def stop_accepting(self) -> None:
         raise NotImplementedError
@@ -289,10 +295,17 @@ class MqttListener(MqttServing):
 
     kind = MQTT_KIND  # its settings keys and checks, for the loader (ferryman/wiring.py)
 
-    def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        chain: HandlerChain,
+        metrics: Metrics,
+        services: ListenerServices | None = None,
+    ) -> None:
         super().__init__(settings, chain, metrics)
         self.server = AcceptServer((settings.host, settings.port), self._handle, settings.name)
         self._sweep: gevent.Greenlet | None = None  # parks idle connections' pumps (parking.py)
+        self.server.reuse_port = services is not None and services.reuse_port  # one socket per worker
         self.server.init_socket()
         self.address = self.server.address[:2]
 

@@ -22,6 +22,7 @@ from loguru import logger
 
 from ferryman.actors.handler import HandlerChain
 from ferryman.actors.metrics import Metrics
+from ferryman.actors.services import ListenerServices
 from ferryman.protocols.accept import ExhaustionBackoff
 from ferryman.protocols.mqtt.context import Dialer, Stream
 from ferryman.protocols.mqtt.listener import MqttServing
@@ -277,11 +278,18 @@ class MqttWsListener(MqttServing):
     PROTOCOL: ClassVar[str] = "mqtt-ws"
     SCHEMES: ClassVar[tuple[str, ...]] = ("ws", "wss", "tcp", "tls")
 
-    def __init__(self, settings: Any, chain: HandlerChain, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        chain: HandlerChain,
+        metrics: Metrics,
+        services: ListenerServices | None = None,
+    ) -> None:
         super().__init__(settings, chain, metrics)
         self.path = settings.path_prefix.rstrip("/")
         self.origins = frozenset(settings.allowed_origins)
         self.server = _Server(self, (settings.host, settings.port))
+        self.server.reuse_port = services is not None and services.reuse_port  # one socket per worker
         self.server.init_socket()
         self.address = self.server.address[:2]
 

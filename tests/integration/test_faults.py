@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import urllib.request
 from pathlib import Path
 
 import gevent
@@ -28,18 +27,10 @@ handler = "allow-all"
 """
 
 
-def metric(gw: GatewayProcess, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
 def wait_metric(gw: GatewayProcess, name: str, value: float, timeout: float = 10) -> None:
     deadline = gevent.get_hub().loop.now() + timeout
-    while metric(gw, name) != value:
-        assert gevent.get_hub().loop.now() < deadline, f"{name} = {metric(gw, name)}, expected {value}"
+    while gw.metric(name) != value:
+        assert gevent.get_hub().loop.now() < deadline, f"{name} = {gw.metric(name)}, expected {value}"
         gevent.sleep(0.1)
 
 
@@ -66,8 +57,8 @@ def test_broker_killed_under_load_then_back(gateway_factory: object, tmp_path: P
         # The start-up probe's connection (tests/servers.py waits for the port) may still be open: the
         # baseline is what an idle gateway holds.
         wait_metric(gw, 'ferryman_connections_open{listener="mqtt"}', 0)
-        baseline_actors = metric(gw, "ferryman_actors")
-        baseline_greenlets = metric(gw, "ferryman_greenlets")
+        baseline_actors = gw.metric("ferryman_actors")
+        baseline_greenlets = gw.metric("ferryman_greenlets")
         t = uid()
         clients = [RawClient(gw.port, v) for v in (4, 5) * 4]
         for c in clients:
@@ -94,7 +85,7 @@ def test_broker_killed_under_load_then_back(gateway_factory: object, tmp_path: P
         # nothing leaks
         wait_metric(gw, 'ferryman_connections_open{listener="mqtt"}', 0)
         wait_metric(gw, "ferryman_actors", baseline_actors)
-        assert metric(gw, "ferryman_greenlets") <= baseline_greenlets + 2
+        assert gw.metric("ferryman_greenlets") <= baseline_greenlets + 2
         # back as soon as the broker is
         broker.start()
         again = RawClient(gw.port, 5)

@@ -31,10 +31,12 @@ def _child(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "ferryman", *args], stdout=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
 def site(
-    tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto
 ) -> Iterator[tuple[GatewayProcess, Path]]:
+    """The example as one process, and with two worker processes (``[run] workers`` from the environment:
+    every endpoint answers from either worker)."""
     root = tmp_path_factory.mktemp("site")
     responder_port, echo_port = free_port(), free_port()
     certs = root / "certs"  # where `ferryman certs certs` puts it, relative to the example's ../../certs
@@ -53,7 +55,7 @@ def site(
         wait_port(responder_port)
         wait_port(echo_port)
         gw = GatewayProcess(workdir, EXAMPLE.read_text().replace("{", "{{").replace("}", "}}"), ports=9)
-        env = {"FERRYMAN_METRICS__ADDRESS": ""}
+        env = {"FERRYMAN_METRICS__ADDRESS": "", "FERRYMAN_RUN__WORKERS": str(request.param)}
         for i, port in enumerate(gw.ports):
             env[f"FERRYMAN_LISTENER__{i}__ADDRESS"] = f"127.0.0.1:{port}"
             if i < 6:

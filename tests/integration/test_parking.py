@@ -5,7 +5,6 @@ mosquitto behind a real gateway process; the greenlet count comes from the gatew
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -38,14 +37,6 @@ handler = "allow-all"
 CLIENTS = 20
 
 
-def metric(gw: GatewayProcess, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
 def until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -66,16 +57,16 @@ def test_parked_connections_hold_no_greenlets_and_still_carry_everything(
     gateway_factory: Any, broker: Mosquitto
 ) -> None:
     gw = gateway_factory(CONFIG, fills={"broker": broker.port})
-    baseline = metric(gw, "ferryman_greenlets")
+    baseline = gw.metric("ferryman_greenlets")
     topic = f"park/{uid()}"
     subs = connected(gw, f"sub-{uid()}", CLIENTS)
     for c in subs:
         c.send(Subscribe(c.next_pid(), [Subscription(topic + "/#", 1)]))
         c.expect(Suback)
     [publisher] = connected(gw, f"pub-{uid()}", 1)
-    assert metric(gw, "ferryman_connections_open") == CLIENTS + 1
+    assert gw.metric("ferryman_connections_open") == CLIENTS + 1
     # Each connection's two pumps parked: no greenlet is left per connection.
-    until(lambda: metric(gw, "ferryman_greenlets") < baseline + 5, 10, "every pump parked")
+    until(lambda: gw.metric("ferryman_greenlets") < baseline + 5, 10, "every pump parked")
 
     # The publisher is parked too: its uplink wakes for the PUBLISH, its downlink for the PUBACK.
     for n in range(3):
@@ -87,16 +78,16 @@ def test_parked_connections_hold_no_greenlets_and_still_carry_everything(
             assert isinstance(got, Publish) and got.payload == f"m{n}".encode()
             if got.qos:
                 c.send(Puback(got.packet_id))
-        until(lambda: metric(gw, "ferryman_greenlets") < baseline + 5, 10, f"parked again after round {n}")
+        until(lambda: gw.metric("ferryman_greenlets") < baseline + 5, 10, f"parked again after round {n}")
 
     for c in subs[:5]:  # a ping through a parked connection, then a close while parked
         c.send(Pingreq())
         c.expect(Pingresp)
-    until(lambda: metric(gw, "ferryman_greenlets") < baseline + 5, 10, "parked after the pings")
+    until(lambda: gw.metric("ferryman_greenlets") < baseline + 5, 10, "parked after the pings")
     for c in [*subs, publisher]:
         c.sock.close()
-    until(lambda: metric(gw, "ferryman_connections_open") == 0, 10, "parked connections closed")
-    assert metric(gw, "ferryman_greenlets") < baseline + 5
+    until(lambda: gw.metric("ferryman_connections_open") == 0, 10, "parked connections closed")
+    assert gw.metric("ferryman_greenlets") < baseline + 5
 
 
 def test_the_keepalive_holds_while_parked(gateway_factory: Any, broker: Mosquitto) -> None:
@@ -105,9 +96,9 @@ def test_the_keepalive_holds_while_parked(gateway_factory: Any, broker: Mosquitt
     connection that pings across parks lives on."""
     config = CONFIG.replace("park_idle_after = 0.3", "park_idle_after = 0.3\nkeepalive_factor = 1.2")
     gw = gateway_factory(config, fills={"broker": broker.port})
-    baseline = metric(gw, "ferryman_greenlets")
+    baseline = gw.metric("ferryman_greenlets")
     silent, pinger = connected(gw, f"ka-{uid()}", 2, keepalive=2)
-    until(lambda: metric(gw, "ferryman_greenlets") <= baseline, 5, "both connections parked")
+    until(lambda: gw.metric("ferryman_greenlets") <= baseline, 5, "both connections parked")
     deadline = time.monotonic() + 3.5
     while time.monotonic() < deadline:
         pinger.send(Pingreq())
@@ -119,4 +110,4 @@ def test_the_keepalive_holds_while_parked(gateway_factory: Any, broker: Mosquitt
     assert silent.closed_within(2)
     pinger.send(Pingreq())
     assert isinstance(pinger.recv(5), Pingresp)
-    assert metric(gw, "ferryman_connections_open") == 1
+    assert gw.metric("ferryman_connections_open") == 1

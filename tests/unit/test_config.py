@@ -133,7 +133,8 @@ def test_example_file_mentions_every_key() -> None:
 
 def test_every_typed_key_is_in_the_key_tree() -> None:
     """keys.py (file and env checks) and the dataclasses agree."""
-    assert set(ROOT.keys) == {"shutdown_timeout", "log", "metrics", "listener", "auth", "handler", "bridge"}
+    tables = {"shutdown_timeout", "log", "metrics", "listener", "auth", "handler", "bridge"} | {"run"}
+    assert set(ROOT.keys) == tables | {"cluster"}
     listener = ROOT.keys["listener"]
     assert isinstance(listener, TableArray)
     # every field but `options`: a listener kind's own keys, written flat in the listener's table

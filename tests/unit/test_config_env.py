@@ -259,7 +259,8 @@ def test_unknown_keys_are_errors() -> None:
         ("env FERRYMAN_LOG__LEVL", "unknown key 'levl' in log (did you mean FERRYMAN_LOG__LEVEL?)"),
         (
             "env FERRYMAN_NOPE",
-            "unknown key 'nope'; known keys: shutdown_timeout, log, metrics, listener, auth, handler, bridge",
+            "unknown key 'nope'; known keys: shutdown_timeout, log, metrics, run, listener, auth, handler, "
+            "bridge, cluster",
         ),
     ]
 

@@ -138,6 +138,7 @@ def test_settings_to_dict(tmp_path: Path) -> None:
     assert settings_to_dict(default_settings()) == {
         "log": {"level": "info", "format": "text"},
         "metrics": {"address": "127.0.0.1:9100"},
+        "run": {"workers": 1},
         "listener": [
             {
                 "name": "mqtt",
@@ -176,6 +177,14 @@ def test_settings_to_dict(tmp_path: Path) -> None:
             }
         ],
         "auth": {"handler": "allow-all", "client_id_binding": "identity"},
+        "cluster": {
+            "redis": "",
+            "username": "",
+            "password": "",
+            "lease_ttl": 5.0,
+            "renew_interval": 1.0,
+            "key_prefix": "ferryman:",
+        },
         "shutdown_timeout": 5.0,
     }
 
