@@ -1,4 +1,6 @@
-"""SQLite persistence of the bridge's JID subscriptions (``[bridge.xmpp].store``).
+"""Persistence of the bridge's JID subscriptions: the interface (``SubscriptionStore``) and its SQLite
+implementation (``Store``, ``[bridge.xmpp].store``); the Redis one is ``redis_store.RedisStore`` (with
+``[cluster] redis``), chosen by the bridge wiring.
 
 One row per (JID, filter); a restart reloads them with ``load()`` and the bridge subscribes again. WAL mode
 so a reader never blocks the writer; every change is its own transaction, committed before the call returns,
@@ -12,8 +14,9 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreError"]
+__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "SubscriptionStore"]
 
 SCHEMA_VERSION = 1
 
@@ -28,6 +31,27 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 
 class StoreError(RuntimeError):
     pass
+
+
+class SubscriptionStore(Protocol):
+    """What the XMPP bridge keeps of its subscriptions: (JID, filter) pairs. Every change is durable when
+    the call returns; ``load`` is every pair, by JID. Owned by one actor."""
+
+    def add(self, jid: str, topic_filter: str) -> bool:
+        """Persist a subscription; True when it was not stored yet."""
+        ...
+
+    def remove(self, jid: str, topic_filter: str) -> bool:
+        """Forget a subscription; True when it was stored."""
+        ...
+
+    def remove_jid(self, jid: str) -> int:
+        """Forget every subscription of ``jid``; the number removed."""
+        ...
+
+    def load(self) -> dict[str, set[str]]: ...
+
+    def close(self) -> None: ...
 
 
 class Store:

@@ -5,9 +5,9 @@ The Router delivers it ``xmpp.chat`` (a chat from a person; topic = bare sender 
 chat it admitted and no rule set claimed), ``xmpp.subscribe`` (a rule set subscribing a JID) and
 ``mqtt.message`` (from the bridge's own MQTT session). Replies and deliveries go out through the XMPP
 session actor's ``send_chat``; subscriptions through the MQTT client actor, one broker subscription per
-distinct filter whatever the number of JIDs (``SubscriptionRegistry``), persisted per JID in SQLite
-(``Store``) and restored on start. Commands and replies follow the contract in docs/architecture.md
-(``commands.py``).
+distinct filter whatever the number of JIDs (``SubscriptionRegistry``), persisted per JID (a
+``SubscriptionStore``: SQLite, or Redis with ``[cluster] redis``) and restored on start. Commands and
+replies follow the contract in docs/architecture.md (``commands.py``).
 
 Who may do what is the authorization chain's answer, as for every protocol: a JID's first command (or the
 first message due to it) makes a ``Session(protocol="xmpp", identity=<bare JID>)`` and asks the chain it was
@@ -36,7 +36,7 @@ the Router only, with these kinds (constants below):
 - ``xmpp.released`` (topic: the filter): no JID holds the filter any more (the broker subscription ends).
 
 Bounded per JID (issue 11): a JID holds at most ``max_subscriptions_per_jid`` subscriptions and all JIDs
-together ``max_subscriptions`` (the SQLite rows and the broker subscriptions follow); each JID may send
+together ``max_subscriptions`` (the stored pairs and the broker subscriptions follow); each JID may send
 ``command_rate`` commands a second on average with bursts of ``command_burst`` (a token bucket; the JIDs not
 allowed share one bucket, so refusing them stays bounded too). A refused command is answered ``error: ...``
 (a rate-limited JID once per run of refusals, not once per message) and counted in
@@ -79,7 +79,7 @@ from .commands import (
     validate_topic,
 )
 from .rendering import render_message
-from .store import Store
+from .store import SubscriptionStore
 from .subscriptions import SubscriptionRegistry
 
 __all__ = [
@@ -143,12 +143,12 @@ class XmppMqttBridge(RuleActor):
         *,
         xmpp: pykka.ActorRef[Any],
         mqtt: pykka.ActorRef[Any],
-        store: Store,
+        store: SubscriptionStore,
         chain: HandlerChain,
         options: Mapping[str, Any] | None = None,
         settings: Any = None,
         router: pykka.ActorRef[Any] | None = None,
-        rule_marks: Mapping[str, Store] | None = None,
+        rule_marks: Mapping[str, SubscriptionStore] | None = None,
         limits: CommandLimits | None = None,
         metrics: Any = None,
     ) -> None:
@@ -166,7 +166,7 @@ class XmppMqttBridge(RuleActor):
         # Without a Router (tests), commands are handled here at once and no rule set can claim any.
         self._route: Any = router.proxy().route if router is not None else None
         # The (JID, filter) subscriptions a rule set made -> its name ("marks"), and how many each JID has.
-        self.rule_marks: dict[str, Store] = dict(rule_marks or {})
+        self.rule_marks: dict[str, SubscriptionStore] = dict(rule_marks or {})
         self._marks: dict[tuple[str, str], str] = {}
         self._marked: dict[str, int] = {}
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(mosquitto mosquitto-clients curl prosody libcoap3-bin haproxy)
+DEBS=(mosquitto mosquitto-clients curl prosody libcoap3-bin haproxy redis-server)
 # DTLSSocket (tinydtls, aiocoap's DTLS server: coaps with pre-shared keys) is a source distribution: its build
 # runs tinydtls's autogen.sh (autoreconf: autoconf, automake, libtool, pkg-config's macros) and compiles C.
 DEBS+=(autoconf automake libtool pkg-config gcc libc6-dev make python3-dev)

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-SERVERS = ("mosquitto", "mosquitto_pub", "mosquitto_sub", "prosody", "prosodyctl", "haproxy")
+SERVERS = ("mosquitto", "mosquitto_pub", "mosquitto_sub", "prosody", "prosodyctl", "haproxy", "redis-server")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
