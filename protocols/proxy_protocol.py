@@ -36,6 +36,7 @@ __all__ = [
     "parse_v2",
     "read_header",
     "real_address",
+    "real_addresses",
 ]
 
 #: The longest v1 header the spec allows, CRLF included.
@@ -273,7 +274,17 @@ def real_address(
     """The client's address for a connection from ``peer`` (the socket's own, unmapped) on a listener with
     ``proxy_protocol = true``: the header's source; ``peer`` itself for a LOCAL (health check) or UNKNOWN
     header. :class:`ProxyHeaderError` when ``peer`` is not trusted or the header is bad."""
+    return real_addresses(sock, peer, trusted, timeout)[0]
+
+
+def real_addresses(
+    sock: socket.socket, peer: tuple[str, int], trusted: TrustedProxies, timeout: float
+) -> tuple[tuple[str, int], tuple[str, int] | None]:
+    """``real_address`` and the address the client connected to at the balancer (the header's
+    destination; None for a LOCAL or UNKNOWN header): what a listener that sends PROXY on passes on."""
     if peer[0] not in trusted:
         raise ProxyHeaderError(f"{peer[0]} is not in trusted_proxies")
     header = read_header(sock, timeout)
-    return header.source if header.source is not None else (unmapped(peer[0]), peer[1])
+    if header.source is None:
+        return (unmapped(peer[0]), peer[1]), None
+    return header.source, header.destination

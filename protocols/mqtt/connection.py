@@ -101,6 +101,7 @@ class ProxiedConnection:
         "connected",
         "control",
         "ctx",
+        "destination",
         "device",
         "device_disconnected",
         "down",
@@ -148,6 +149,8 @@ class ProxiedConnection:
         self._early: list[bytes] | None = []
         self.control: SessionControl | None = None
         self.peer = NO_PEER  # the verified client certificate, on mTLS listeners
+        #: where the device connected to at a load balancer in front (its PROXY header); None: here
+        self.destination: tuple[str, int] | None = None
         self.on_close: list[Callable[[str], None]] = []
         # The listener's caps on the elements of one client packet (codec.Limits).
         self.limits = Limits(

@@ -30,7 +30,7 @@ from ferryman.protocols.proxy_protocol import (
     TrustedProxies,
     encode_v1,
     encode_v2,
-    real_address,
+    real_addresses,
 )
 from ferryman.protocols.tls import client as tls_client
 from ferryman.protocols.tls.server import NO_PEER, PeerCertificate, TlsRefused, TlsTerminator
@@ -174,15 +174,18 @@ class MqttServing(pykka.ThreadingActor):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.ctx.settings.socket_buffer)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.ctx.settings.socket_buffer)
 
-    def proxied_peer(self, sock: socket.socket, addr: tuple[str, int]) -> tuple[str, int] | None:
+    def proxied_peer(
+        self, sock: socket.socket, addr: tuple[str, int]
+    ) -> tuple[tuple[str, int], tuple[str, int] | None] | None:
         """``proxy_protocol = true``: the client's address from the PROXY header a trusted load balancer put
-        first on ``sock`` (the balancer's own for a LOCAL health check); None when the peer is not trusted or
+        first on ``sock`` (the balancer's own for a LOCAL health check), and the address the client
+        connected to at the balancer (None when the header had none); None when the peer is not trusted or
         the header is missing or bad (logged and counted, the socket closed without a byte: the peer is a
-        load balancer). Without ``proxy_protocol``: ``addr``. Read before any TLS handshake."""
+        load balancer). Without ``proxy_protocol``: ``addr`` and None. Read before any TLS handshake."""
         if self.trusted is None:
-            return addr
+            return addr, None
         try:
-            return real_address(sock, plain_address(addr), self.trusted, self.ctx.settings.connect_timeout)
+            return real_addresses(sock, plain_address(addr), self.trusted, self.ctx.settings.connect_timeout)
         except ProxyHeaderError as exc:
             self.ctx.metrics.refusals.labels(self.ctx.name, "proxy_protocol").inc()
             logger.warning("refusing {}:{}: PROXY protocol: {}", addr[0], addr[1], exc)
@@ -225,7 +228,13 @@ class MqttServing(pykka.ThreadingActor):
         finally:
             conn.close(why)
 
-    def serve(self, stream: Stream, addr: tuple[str, int], peer: PeerCertificate = NO_PEER) -> None:
+    def serve(
+        self,
+        stream: Stream,
+        addr: tuple[str, int],
+        peer: PeerCertificate = NO_PEER,
+        destination: tuple[str, int] | None = None,
+    ) -> None:
         """Proxy one device connection until it ends: limits, CONNECT, authorization, the upstream, both
         pumps. Runs in the connection's own greenlet; returns when the connection is closed.
 
@@ -233,7 +242,8 @@ class MqttServing(pykka.ThreadingActor):
         actor: the CONNECT is read and decided, the target dialed and the CONNECT sent in this greenlet;
         the device actor exists from the start (it takes grant changes and disconnect orders from the
         handlers at once), the upstream actor from the moment the upstream socket carries the session.
-        Both stop themselves when the connection closes."""
+        Both stop themselves when the connection closes. ``destination``: the address the client connected
+        to at a load balancer (its PROXY header), passed on in the PROXY header this listener sends."""
         ip = str(addr[0])
         why = self._over_limit(ip)
         if why:
@@ -241,6 +251,7 @@ class MqttServing(pykka.ThreadingActor):
             return
         conn = ProxiedConnection(self.ctx, stream, addr)
         conn.peer = peer
+        conn.destination = destination
         conn.control = ActorSessionControl(MqttDeviceActor.start(conn))
         self.connections.add(conn)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
@@ -278,9 +289,11 @@ class MqttServing(pykka.ThreadingActor):
     def _proxy_header_dialer(self, conn: ProxiedConnection) -> Dialer:
         s = self.ctx.settings
         target = s.parsed_target
+        destination = conn.destination  # what the client connected to at a balancer in front, if any
         local = getattr(conn.device, "getsockname", None)
         try:
-            destination = plain_address(local()) if local is not None else None
+            if destination is None and local is not None:
+                destination = plain_address(local())
         except (OSError, IndexError, TypeError):
             destination = None
         encode = encode_v1 if self._proxy_header_version == 1 else encode_v2
@@ -332,11 +345,11 @@ class MqttListener(MqttServing):
             peer = self.proxied_peer(sock, addr)  # PROXY protocol: before the TLS ClientHello
             if peer is None:
                 return
-            addr = peer
+            addr, destination = peer
             accepted = self.accept_tls(sock, addr)
             if accepted is None:
                 return
         except BaseException:
             sock.close()
             raise
-        self.serve(accepted[0], addr, accepted[1])
+        self.serve(accepted[0], addr, accepted[1], destination)

@@ -141,6 +141,7 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
 
     server: _Server
     peer: PeerCertificate = NO_PEER
+    destination: tuple[str, int] | None = None  # what the client connected to at a balancer (PROXY)
     head_deadline: gevent.Timeout | None = None  # connect_timeout for the request head, stopped here
 
     def run_application(self) -> None:
@@ -177,7 +178,7 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
         )
         self.write(b"")  # the 101 goes out now; then the connection is MQTT's
         stream = WebSocketStream(self.socket, client=False, read=self.rfile.read1, subprotocol=subprotocol)
-        listener.serve(stream, self.client_address, self.peer)
+        listener.serve(stream, self.client_address, self.peer, self.destination)
         return None
 
     def _refuse(
@@ -242,13 +243,14 @@ class _Server(ExhaustionBackoff, WSGIServer):  # type: ignore[misc]
         peer = listener.proxied_peer(sock, address)  # PROXY protocol: before TLS and the HTTP upgrade
         if peer is None:
             return
-        address = peer
+        address, destination = peer
         accepted = listener.accept_tls(sock, address)
         if accepted is None:
             return
         timeout = listener.ctx.settings.connect_timeout
         handler = self.handler_class(accepted[0], address, self)
         handler.peer = accepted[1]
+        handler.destination = destination
         # the whole request head within connect_timeout, however slowly its bytes come
         deadline = handler.head_deadline = gevent.Timeout(timeout)
         deadline.start()

@@ -243,12 +243,13 @@ def test_target_proxy_protocol_sends_the_device_address(
                 "tcp://", f"{scheme}://"
             )
         )
-        client = _client(gw, encode_v1(("198.51.100.9", 4242), ("127.0.0.1", gw.port)))
+        # The balancer in front says where the device connected to: that goes on, not the gateway's own.
+        client = _client(gw, encode_v1(("198.51.100.9", 4242), ("203.0.113.7", 8883)))
         client.send_raw(b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03abc")
         assert target.got.wait(10)
         assert target.headers[0].version == version
         assert target.headers[0].source == ("198.51.100.9", 4242)
-        assert target.headers[0].destination == ("127.0.0.1", gw.port)
+        assert target.headers[0].destination == ("203.0.113.7", 8883)
         assert target.after == [first]  # the header went first, before TLS on a tls:// target
         client.sock.close()
     finally:
