@@ -105,6 +105,14 @@ class GreenletActor(pykka.Actor):
     def _create_future() -> pykka.Future[Any]:
         return ThreadingFuture()  # its queue is gevent's once patched: waiting blocks a greenlet only
 
+    def release_inbox(self) -> None:
+        """Once stopped: the inbox no longer needs to wake this actor (a stopped actor's ref refuses every
+        message), so the inbox <-> actor cycle is broken and a stopped actor is freed by its reference
+        count instead of waiting for the cyclic garbage collector."""
+        inbox = self.actor_inbox
+        if isinstance(inbox, _LazyInbox):
+            inbox.actor = None
+
     def _start_actor_loop(self) -> None:
         if self.actor_inbox.empty():
             self._set_up = True

@@ -84,11 +84,14 @@ class SessionActor(GreenletActor):
             self.on_stop()
         except Exception:
             self._handle_failure(*sys.exc_info())
+        finally:
+            self.release_inbox()
 
     def _handle_failure(self, *exc_info: Any) -> None:
         if not self.actor_stopped.is_set():
             SessionActor.live -= 1
         super()._handle_failure(*exc_info)
+        self.release_inbox()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Call) and message.method in self.CALLS:

@@ -231,8 +231,13 @@ class ProxiedConnection:
             self.ctx.chain.client_ids.release(self._claimed, self, self._lifetime if self.connected else None)
         if self.connected and self.session is not None:
             self.ctx.chain.on_disconnect(self.session, reason)
-        for cb in self.on_close:
+        callbacks, self.on_close = self.on_close, []
+        for cb in callbacks:
             cb(reason)
+        # The callbacks (actors' bound methods) and the pumps' greenlets refer back to this connection: let
+        # go of them, so that a closed connection is freed by its reference count, not left to the cyclic
+        # garbage collector, whose full passes over every live connection cost a held fleet dearly.
+        self.up_park.greenlet = self.down_park.greenlet = None
         logger.debug("connection {}:{} closed: {}", *self.addr, reason)
 
     def kick(self, reason: str, code: int, wait: float = 0.0) -> None:

@@ -141,16 +141,23 @@ def test_an_idle_session_actor_ended_by_its_connection_stops_in_place_once() -> 
     log: list[str] = []
     ref = Session.start(log)
     assert SessionActor.live == live + 1
-    session_of(ref).connection_ended("device left")
+    actor = session_of(ref)
+    actor.connection_ended("device left")
     # Stopped before connection_ended returned, in this greenlet, without a message.
     assert not ref.is_alive()
     assert log == ["close:device left", "stop"]
     assert SessionActor.live == live
-    session_of(ref).connection_ended("again")  # idempotent
+    actor.connection_ended("again")  # idempotent
     ref.stop(block=False)
     gevent.sleep(0.01)
     assert log == ["close:device left", "stop"]
     assert SessionActor.live == live
+    del actor
+    gc.disable()
+    try:  # no cycle holds a stopped actor: its reference count alone frees it
+        assert ref._actor_weakref() is None
+    finally:
+        gc.enable()
 
 
 def test_a_session_actor_closing_in_its_own_message_stops_once() -> None:
