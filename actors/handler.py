@@ -20,7 +20,6 @@ routed part in a ``RuleActor`` of its own.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -52,6 +51,10 @@ class HandlerActor(pykka.ThreadingActor):
     #: yields) and never blocks the gevent hub (waiting on a socket or on the hub's thread pool is fine:
     #: that blocks only the connection asking). Default False: asked through the actor's inbox.
     inline_connect: ClassVar[bool] = False
+    #: Notifications (``on_connect``, ``on_disconnect``...) the chain may call directly in the session's
+    #: greenlet instead of telling them, under the same conditions as ``inline_connect`` (they must not
+    #: block the hub; a raised exception is logged and the session goes on). Default: none, all told.
+    inline_notifications: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -79,10 +82,13 @@ class HandlerActor(pykka.ThreadingActor):
         """Decide a new connection: a Grant, a Refusal, or None for no opinion."""
         return None
 
-    def connect_decider(self) -> Any:
-        """``auth_connect`` itself when ``inline_connect`` (the chain then calls it directly), else None.
-        Asked once per chain."""
-        return self.auth_connect if self.inline_connect else None
+    def inline_methods(self) -> dict[str, Any]:
+        """The bound methods the chain may call directly (``inline_connect``, ``inline_notifications``),
+        by name. Asked once per chain."""
+        names = set(self.inline_notifications) & set(_NOTIFICATIONS)
+        if self.inline_connect:
+            names.add("auth_connect")
+        return {name: getattr(self, name) for name in names}
 
     # -- notifications (told, after the fact) ----------------------------------------------------------
     def on_connect(self, session: Session, grant: Grant) -> None:
@@ -131,15 +137,21 @@ class HandlerChain:
         self.ask_timeout = ask_timeout
         self.client_ids = client_ids if client_ids is not None else ClientIdBinding()
         self._proxies = [ref.proxy() for ref in self.refs]
+        inline = [self._inline_methods(proxy) for proxy in self._proxies]
         # One decide(session) per handler: its auth_connect called directly (``inline_connect``), or
         # asked through its inbox.
-        self._deciders = [self._decider(proxy) for proxy in self._proxies]
+        self._deciders = [
+            direct.get("auth_connect") or self._asker(proxy)
+            for proxy, direct in zip(self._proxies, inline, strict=True)
+        ]
+        # Per notification, one call per handler that overrides it: direct, or a tell (``defer``).
         self._listeners: dict[str, list[Any]] = {}
-        for ref, proxy in zip(self.refs, self._proxies, strict=True):
+        for ref, proxy, direct in zip(self.refs, self._proxies, inline, strict=True):
             cls = ref.actor_class
             for note in _NOTIFICATIONS:
                 if getattr(cls, note) is not getattr(HandlerActor, note):
-                    self._listeners.setdefault(note, []).append(getattr(proxy, note))
+                    call = direct.get(note) or getattr(proxy, note).defer
+                    self._listeners.setdefault(note, []).append(call)
         # Per-packet notifications are the costly ones: sessions check these flags before building arguments.
         self.wants_publish = bool(self._listeners.get("on_publish"))
         self.wants_subscribe = bool(self._listeners.get("on_subscribe"))
@@ -151,11 +163,11 @@ class HandlerChain:
         which decide ``"xmpp"`` sessions and abstain for every other."""
         return HandlerChain([*refs, *self.refs], self.ask_timeout, self.client_ids)
 
-    def _decider(self, proxy: Any) -> Any:
-        inline = getattr(proxy, "connect_decider", None)
-        direct = inline().get(timeout=self.ask_timeout) if inline is not None else None
-        if direct is not None:
-            return direct
+    def _inline_methods(self, proxy: Any) -> dict[str, Any]:
+        ask = getattr(proxy, "inline_methods", None)  # any actor with auth_connect may be in a chain
+        return dict(ask().get(timeout=self.ask_timeout)) if ask is not None else {}
+
+    def _asker(self, proxy: Any) -> Any:
         timeout = self.ask_timeout
         return lambda session: proxy.auth_connect(session).get(timeout=timeout)
 
@@ -181,9 +193,13 @@ class HandlerChain:
         return grants[0] if len(grants) == 1 else CombinedGrant(grants)
 
     def _notify(self, note: str, *args: Any) -> None:
-        for method in self._listeners.get(note, ()):
-            with contextlib.suppress(pykka.ActorDeadError):
-                method.defer(*args)
+        for call in self._listeners.get(note, ()):
+            try:
+                call(*args)
+            except pykka.ActorDeadError:
+                pass
+            except Exception as exc:  # an inline notification's bug must not end the session
+                logger.opt(exception=exc).error("{} raised", note)
 
     def on_connect(self, session: Session, grant: Grant) -> None:
         self._notify("on_connect", session, grant)

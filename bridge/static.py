@@ -58,6 +58,8 @@ class StaticHandler(HandlerActor):
     # auth_connect reads users / by_identity / _decoy, which _load replaces whole, and waits for PBKDF2 in
     # the thread pool: the chain calls it in the session's greenlet.
     inline_connect = True
+    # on_connect / on_disconnect only add to and remove from ``live`` (reload iterates over a copy).
+    inline_notifications = frozenset({"on_connect", "on_disconnect"})
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
