@@ -2,7 +2,7 @@
 through ferryman, side by side in one run, with the CPU each server spends per connect.
 
     .venv/bin/python bench/mqtt_connect_rate.py [--clients 4] [--seconds 3] [--reps 3] [--tls] [--no-metrics]
-                                                [--workdir DIR]
+                                                [--key-type ec|rsa] [--workdir DIR]
 
 One connection = TCP connect, (with ``--tls`` a full TLS handshake, no resumption), MQTT 3.1.1 CONNECT (clean
 session, user ``bench`` / password ``bench``, a unique client id), CONNACK (must be ``20 02 00 00``),
@@ -209,10 +209,12 @@ def measure(
 # ------------------------------------------------------------------------------------------------ main
 
 
-def make_pki(workdir: Path) -> Path:
+def make_pki(workdir: Path, key_type: str = "ec") -> Path:
     pki = workdir / "pki"
     subprocess.run(
-        [PYTHON, "-m", "ferryman", "certs", str(pki), "--force"], check=True, stdout=subprocess.DEVNULL
+        [PYTHON, "-m", "ferryman", "certs", str(pki), "--force", "--key-type", key_type],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     # mosquitto started as root drops to its own user: it needs a readable key and directories
     key = workdir / "broker-server.key"
@@ -229,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="counted window per path per rep (default 3)")
     ap.add_argument("--reps", type=int, default=3, help="reps of all paths (default 3)")
     ap.add_argument("--tls", action="store_true", help="TLS: full handshake per connect")
+    ap.add_argument(
+        "--key-type",
+        choices=("ec", "rsa"),
+        default="ec",
+        help="with --tls: the certificate's key, EC P-256 (default, as measured so far) or RSA 2048",
+    )
     ap.add_argument("--no-metrics", action="store_true", help="the gateway's /metrics endpoint off")
     ap.add_argument(
         "--workdir", type=Path, help="keep configs and logs here (default: a temporary directory)"
@@ -248,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     direct_port = broker.port
     pki: Path | None = None
     if args.tls:
-        pki = make_pki(workdir)
+        pki = make_pki(workdir, args.key_type)
         ca_file = str(pki / "ca.crt")
         direct_port = free_port()
         broker.extra += f"listener {direct_port} 127.0.0.1\ncertfile {pki}/server.crt\n"

@@ -17,11 +17,21 @@ from .errors import KeyPath, SettingIssue, format_key_path
 from .keys import ROOT, Kind, Node, Table, TableArray
 from .reader import describe, suggest
 
-__all__ = ["CONFIG_ENV", "ENV_PREFIX", "apply_env", "env_name", "parse_bool", "parse_strings"]
+__all__ = [
+    "CONFIG_ENV",
+    "ENV_PREFIX",
+    "TICKET_SECRET_ENV",
+    "apply_env",
+    "env_name",
+    "parse_bool",
+    "parse_strings",
+]
 
 ENV_PREFIX = "FERRYMAN_"
 # Reserved for the settings file's path (read by the CLI, never a key).
 CONFIG_ENV = "FERRYMAN_CONFIG"
+#: Not a setting either: the TLS session-ticket secret shared by processes (protocols/tls/tickets.py)
+TICKET_SECRET_ENV = "FERRYMAN_TLS_TICKET_SECRET"
 
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
@@ -107,7 +117,8 @@ def apply_env(
     tree = copy.deepcopy(raw)
     origin: dict[KeyPath, str] = {}
     issues: list[SettingIssue] = []
-    names = [name for name in env if name.startswith(ENV_PREFIX) and name != CONFIG_ENV]
+    not_settings = (CONFIG_ENV, TICKET_SECRET_ENV)
+    names = [name for name in env if name.startswith(ENV_PREFIX) and name not in not_settings]
     # Lower indexes first, so that ..._1__X after ..._0__X appends in order whatever the dict order.
     names.sort(key=lambda name: [(0, int(s), "") if _is_index(s) else (1, 0, s) for s in name.split("__")])
     for name in names:

@@ -110,6 +110,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 2
     configure_logging(settings.log.level, settings.log.format, "" if index is None else f"worker {index}")
+    from ferryman.config.env import TICKET_SECRET_ENV
+    from ferryman.protocols.tls.tickets import adopt_ticket_secret
+
+    try:  # TLS session tickets good across the processes given one secret (workers, replicas)
+        adopt_ticket_secret(os.environ, remove=index is not None)
+    except ValueError as exc:
+        logger.error("cannot start: {}", exc)
+        return 2
     if not check_versions(lambda problem: logger.error("cannot start: {}", problem)):
         return 1
     problems = _handler_problems(settings, classes)
@@ -123,6 +131,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if index is None:
         count = worker_count(args.workers, settings)
         if count > 1:
+            # one TLS session-ticket secret for every worker (they inherit the environment): a ticket
+            # resumes on whichever worker the kernel hands the connection to
+            if not os.environ.get(TICKET_SECRET_ENV):
+                os.environ[TICKET_SECRET_ENV] = os.urandom(32).hex()
             rc = supervise(settings, classes, count, args.config)
             if rc is not None:
                 return rc
@@ -258,7 +270,11 @@ def cmd_certs(args: argparse.Namespace) -> int:
         return 0
     try:
         written = write_dev_pki(
-            Path(args.directory), ocsp_url=args.ocsp_url, crl_url=args.crl_url, overwrite=args.force
+            Path(args.directory),
+            ocsp_url=args.ocsp_url,
+            crl_url=args.crl_url,
+            overwrite=args.force,
+            key_type=args.key_type,
         )
     except FileExistsError as exc:
         print(f"ferryman certs: {exc} (use --force to replace it)", file=sys.stderr)
@@ -345,6 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     certs.add_argument("--ocsp-url", default="http://127.0.0.1:8889/ocsp", help="AIA OCSP URL in the leaves")
     certs.add_argument("--crl-url", default="http://127.0.0.1:8889/crl.pem", help="CRL distribution point")
     certs.add_argument("--force", action="store_true", help="replace files that exist")
+    certs.add_argument(
+        "--key-type",
+        choices=("rsa", "ec"),
+        default="rsa",
+        help="keys of the CA, server and clients: rsa (2048 bits, the default) or ec (P-256, ECDSA)",
+    )
     certs.add_argument(
         "--chain", action="store_true", help="also a root -> intermediate -> client chain (chain-*.crt)"
     )

@@ -1,6 +1,8 @@
 """Development PKI for ``ferryman certs DIR``: a CA and the leaves the TLS/mTLS tests need.
 
-Everything is EC P-256 and PEM, keys unencrypted with mode 0600. The file names are a contract:
+Keys are RSA 2048 (``key_type="rsa"``, the default) or EC P-256 / ECDSA (``key_type="ec"``), one type for
+the whole PKI; certificates are signed with SHA-256. Everything is PEM, keys unencrypted (PKCS#8) with
+mode 0600. The file names are a contract:
 
 ========================  ==========================================================================
 ca.crt / ca.key           the development CA (BasicConstraints CA=true, keyCertSign + cRLSign)
@@ -31,10 +33,20 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CONTRACT_FILES", "DEFAULT_CRL_URL", "DEFAULT_OCSP_URL", "write_dev_pki"]
+__all__ = [
+    "CONTRACT_FILES",
+    "DEFAULT_CRL_URL",
+    "DEFAULT_KEY_TYPE",
+    "DEFAULT_OCSP_URL",
+    "KEY_TYPES",
+    "PrivateKey",
+    "key_type_of",
+    "new_key",
+    "write_dev_pki",
+]
 
 DEFAULT_OCSP_URL = "http://127.0.0.1:8889/ocsp"
 DEFAULT_CRL_URL = "http://127.0.0.1:8889/crl.pem"
@@ -62,6 +74,12 @@ _BACKDATE = dt.timedelta(days=1)
 _EXPIRED_AGO = dt.timedelta(days=2)
 _CRL_LIFETIME = dt.timedelta(days=30)
 
+KEY_TYPES: tuple[str, ...] = ("rsa", "ec")  # ``ferryman certs --key-type``
+DEFAULT_KEY_TYPE = "rsa"
+RSA_BITS = 2048
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
 
 @dataclass(frozen=True)
 class _Issued:
@@ -69,11 +87,25 @@ class _Issued:
 
     name: str
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: PrivateKey
 
 
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
+def new_key(key_type: str = DEFAULT_KEY_TYPE) -> PrivateKey:
+    """A fresh private key: ``"rsa"`` (2048 bits, e = 65537) or ``"ec"`` (P-256, for ECDSA)."""
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+    if key_type == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError(f"key type {key_type!r} is not one of {', '.join(KEY_TYPES)}")
+
+
+def key_type_of(key: object) -> str:
+    """``"rsa"`` or ``"ec"`` for a private key of the development PKI (ValueError for anything else)."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "rsa"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ec"
+    raise ValueError(f"{type(key).__name__} is neither an RSA nor an EC private key")
 
 
 def _name(common_name: str) -> x509.Name:
@@ -85,8 +117,8 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _make_ca(name: str, common_name: str, now: dt.datetime, days: int) -> _Issued:
-    key = _new_key()
+def _make_ca(name: str, common_name: str, now: dt.datetime, days: int, key_type: str) -> _Issued:
+    key = new_key(key_type)
     subject = _name(common_name)
     cert = (
         x509.CertificateBuilder()
@@ -119,13 +151,15 @@ def _ca_usage() -> x509.KeyUsage:
     )
 
 
-def _leaf_key_usage() -> x509.KeyUsage:
+def _leaf_key_usage(key: PrivateKey) -> x509.KeyUsage:
+    """digitalSignature, plus keyEncipherment for RSA (TLS 1.2 RSA key transport) or keyAgreement for EC."""
+    is_rsa = isinstance(key, rsa.RSAPrivateKey)
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
-        key_encipherment=False,
+        key_encipherment=is_rsa,
         data_encipherment=False,
-        key_agreement=True,
+        key_agreement=not is_rsa,
         key_cert_sign=False,
         crl_sign=False,
         encipher_only=False,
@@ -158,8 +192,10 @@ def _make_leaf(
     eku: x509.ObjectIdentifier,
     validity: tuple[dt.datetime, dt.datetime],
     extra: list[x509.ExtensionType],
+    key_type: str | None = None,
 ) -> _Issued:
-    key = _new_key()
+    """A leaf signed by ``ca``; its key is of ``key_type`` (default: the CA's own type)."""
+    key = new_key(key_type or key_type_of(ca.key))
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name or name))
@@ -169,7 +205,7 @@ def _make_leaf(
         .not_valid_before(validity[0])
         .not_valid_after(validity[1])
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_leaf_key_usage(), critical=True)
+        .add_extension(_leaf_key_usage(key), critical=True)
         .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -210,7 +246,7 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -252,13 +288,17 @@ def write_dev_pki(
     crl_url: str = DEFAULT_CRL_URL,
     days: int = 825,
     overwrite: bool = False,
+    key_type: str = DEFAULT_KEY_TYPE,
 ) -> list[Path]:
-    """Create the development PKI in ``directory`` (made if missing) and return the files written.
+    """Create the development PKI in ``directory`` (made if missing) and return the files written. Every
+    key is of ``key_type`` (``"rsa"``: RSA 2048, ``"ec"``: EC P-256; ValueError for anything else).
 
     Raises ``FileExistsError`` naming the first contract file already present unless ``overwrite``.
     Serials in ``issued.json`` are lowercase hex without a prefix.
     """
     directory = Path(directory)
+    if key_type not in KEY_TYPES:
+        raise ValueError(f"key type {key_type!r} is not one of {', '.join(KEY_TYPES)}")
     _check_free(directory, overwrite)
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -270,8 +310,8 @@ def write_dev_pki(
     )
     client_auth = ExtendedKeyUsageOID.CLIENT_AUTH
 
-    ca = _make_ca("ca", "ferryman development CA", now, days)
-    unknown_ca = _make_ca("unknown-ca", "ferryman unknown CA", now, days)
+    ca = _make_ca("ca", "ferryman development CA", now, days, key_type)
+    unknown_ca = _make_ca("unknown-ca", "ferryman unknown CA", now, days, key_type)
     # CN "localhost" for tools that still read it; clients match the SAN.
     server = _make_leaf(
         "server",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .pki import (
@@ -37,9 +37,10 @@ from .pki import (
     _make_crl,
     _make_leaf,
     _name,
-    _new_key,
     _revocation_extensions,
     _write,
+    key_type_of,
+    new_key,
 )
 
 __all__ = ["issue_client", "load_issued", "revoke", "write_chain_pki"]
@@ -57,7 +58,8 @@ def _save_issued(directory: Path, issued: dict[str, dict[str, object]]) -> None:
 def _load_pair(directory: Path, stem: str) -> _Issued:
     cert = x509.load_pem_x509_certificate((directory / f"{stem}.crt").read_bytes())
     key = serialization.load_pem_private_key((directory / f"{stem}.key").read_bytes(), None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"{directory / stem}.key: neither an RSA nor an EC key")
     return _Issued(stem, cert, key)
 
 
@@ -68,8 +70,9 @@ def _make_sub_ca(
     path_length: int,
     now: dt.datetime,
     extra: list[x509.ExtensionType],
+    key_type: str,
 ) -> _Issued:
-    key = _new_key()
+    key = new_key(key_type)
     signer_key = issuer.key if issuer else key
     builder = (
         x509.CertificateBuilder()
@@ -111,17 +114,19 @@ def _store(directory: Path, items: list[tuple[_Issued, bool]]) -> list[Path]:
     return written
 
 
-def write_chain_pki(directory: Path) -> list[Path]:
-    """Add the chain files to an existing development PKI (see the module docstring)."""
+def write_chain_pki(directory: Path, key_type: str | None = None) -> list[Path]:
+    """Add the chain files to an existing development PKI (see the module docstring). Their keys are of
+    ``key_type`` (``"rsa"`` or ``"ec"``; default: the type of the PKI's ``ca.key``)."""
     directory = Path(directory)
     base = _base_url(directory)
+    key_type = key_type or key_type_of(_load_pair(directory, "ca").key)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     current = (now - _BACKDATE, now + dt.timedelta(days=825))
-    root = _make_sub_ca("chain-root", "ferryman chain root CA", None, 1, now, [])
+    root = _make_sub_ca("chain-root", "ferryman chain root CA", None, 1, now, [], key_type)
     under_root = _revocation_extensions(f"{base}/ocsp", f"{base}/crl/chain-root.pem")
-    inter = _make_sub_ca("chain-intermediate", "ferryman intermediate CA", root, 0, now, under_root)
+    inter = _make_sub_ca("chain-intermediate", "ferryman intermediate CA", root, 0, now, under_root, key_type)
     bad = _make_sub_ca(
-        "chain-intermediate-revoked", "ferryman revoked intermediate CA", root, 0, now, under_root
+        "chain-intermediate-revoked", "ferryman revoked intermediate CA", root, 0, now, under_root, key_type
     )
     client_auth = ExtendedKeyUsageOID.CLIENT_AUTH
     client = _make_leaf(
@@ -149,8 +154,8 @@ def write_chain_pki(directory: Path) -> list[Path]:
 def issue_client(
     directory: Path, name: str, *, ocsp_url: str | None = None, crl_url: str | None = None
 ) -> Path:
-    """A new client certificate ``<name>.crt`` / ``.key`` from the development CA, recorded as good in
-    ``issued.json``. Returns the certificate's path."""
+    """A new client certificate ``<name>.crt`` / ``.key`` from the development CA (its key of the CA's
+    type), recorded as good in ``issued.json``. Returns the certificate's path."""
     directory = Path(directory)
     base = _base_url(directory)
     ca = _load_pair(directory, "ca")

@@ -28,7 +28,7 @@ from typing import Any
 import gevent
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -60,7 +60,7 @@ class ResponderFaults:
 class _Ca:
     stem: str
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey  # `ferryman certs --key-type ec | rsa`
 
 
 class DevResponder:
@@ -95,7 +95,7 @@ class DevResponder:
             except x509.ExtensionNotFound:
                 is_ca = False
             private = serialization.load_pem_private_key(key.read_bytes(), None)
-            if is_ca and isinstance(private, ec.EllipticCurvePrivateKey):
+            if is_ca and isinstance(private, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
                 found.append(_Ca(stem, cert, private))
         return found
 

@@ -9,8 +9,9 @@ from typing import Generic, TypeVar
 
 from gevent.event import AsyncResult
 
-__all__ = ["SharedCache", "utcnow"]
+__all__ = ["IdentityMemo", "SharedCache", "utcnow"]
 
+K = TypeVar("K")
 V = TypeVar("V")
 
 
@@ -75,3 +76,24 @@ class SharedCache(Generic[V]):
             while len(self._values) >= self.max_entries:
                 del self._values[next(iter(self._values))]
         self._values[key] = (value, until)
+
+
+class IdentityMemo(Generic[K, V]):
+    """``get(obj, compute)``: ``compute(obj)`` once per object, kept while the memo holds the object (so
+    ``id(obj)`` cannot be reused meanwhile). For facts about the certificates the revocation checks see on
+    every handshake (the chain cache hands out the same objects), where hashing a certificate or comparing
+    names would cost more than the lookup saves. At most ``max_entries`` (then it starts over)."""
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self.max_entries = max_entries
+        self._values: dict[int, tuple[K, V]] = {}
+
+    def get(self, obj: K, compute: Callable[[K], V]) -> V:
+        entry = self._values.get(id(obj))
+        if entry is not None and entry[0] is obj:
+            return entry[1]
+        value = compute(obj)
+        if len(self._values) >= self.max_entries:
+            self._values.clear()
+        self._values[id(obj)] = (obj, value)
+        return value

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from .cache import SharedCache, utcnow
+from .cache import IdentityMemo, SharedCache, utcnow
 from .chain import describe, key_hash
 from .fetch import FetchError, http_get
 from .ocsp import SKEW
@@ -57,6 +57,29 @@ class _Entry:
     crl: x509.CertificateRevocationList
     revoked: frozenset[int]
     verified: dict[bytes, bool] = field(default_factory=dict)  # issuer key hash -> signature valid
+    # read once: each property access of a CRL object parses again
+    issuer: bytes = b""  # DER of the CRL's issuer name
+    last_update: dt.datetime = field(default_factory=utcnow)
+    next_update: dt.datetime | None = None
+
+    @classmethod
+    def of(cls, crl: x509.CertificateRevocationList) -> _Entry:
+        revoked = frozenset(r.serial_number for r in crl)
+        return cls(crl, revoked, {}, crl.issuer.public_bytes(), crl.last_update_utc, crl.next_update_utc)
+
+
+@dataclass(frozen=True, slots=True)
+class _IssuerFacts:
+    subject: bytes  # DER of the subject name
+    key_hash: bytes
+
+
+def _issuer_facts(issuer: x509.Certificate) -> _IssuerFacts:
+    return _IssuerFacts(issuer.subject.public_bytes(), key_hash(issuer))
+
+
+_ISSUERS: IdentityMemo[x509.Certificate, _IssuerFacts] = IdentityMemo()
+_DISTRIBUTION_POINTS: IdentityMemo[x509.Certificate, list[str]] = IdentityMemo()
 
 
 class CrlSet:
@@ -64,18 +87,19 @@ class CrlSet:
 
     def __init__(self, location: str, crls: list[x509.CertificateRevocationList]) -> None:
         self.location = location
-        self.entries = [_Entry(c, frozenset(r.serial_number for r in c)) for c in crls]
+        self.entries = [_Entry.of(c) for c in crls]
 
     def fresh_until(self) -> dt.datetime:
         """Until when a download of this set may be reused: its earliest next_update."""
-        updates = [e.crl.next_update_utc for e in self.entries if e.crl.next_update_utc is not None]
+        updates = [e.next_update for e in self.entries if e.next_update is not None]
         return min(updates) if updates else utcnow() + NO_NEXT_UPDATE_TTL
 
     def check(self, cert: x509.Certificate, issuer: x509.Certificate, role: str) -> None:
-        candidates = [e for e in self.entries if e.crl.issuer == issuer.subject]
+        facts = _ISSUERS.get(issuer, _issuer_facts)
+        candidates = [e for e in self.entries if e.issuer == facts.subject]
         if not candidates:
             raise StatusUnavailable(f"no CRL from {describe(issuer)!r} in {self.location}")
-        ikey = key_hash(issuer)
+        ikey = facts.key_hash
         for e in candidates:
             if ikey not in e.verified:
                 e.verified[ikey] = e.crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
@@ -84,11 +108,11 @@ class CrlSet:
             raise StatusUnavailable(
                 f"CRL signature invalid ({self.location} is not signed by {describe(issuer)!r})"
             )
-        entry = max(valid, key=lambda e: e.crl.last_update_utc)
+        entry = max(valid, key=lambda e: e.last_update)
         now = utcnow()
-        if entry.crl.last_update_utc > now + SKEW:
+        if entry.last_update > now + SKEW:
             raise StatusUnavailable(f"CRL not valid yet ({self.location})")
-        next_update = entry.crl.next_update_utc
+        next_update = entry.next_update
         if next_update is not None and next_update < now - SKEW:
             raise StatusUnavailable(
                 f"CRL expired (next_update {next_update:%Y-%m-%d %H:%M:%S}Z, {self.location})"
@@ -111,7 +135,7 @@ class CrlChecker:
         if self.crl_file:
             self._from_file().check(cert, issuer, role)
             return
-        urls = [self.crl_url] if self.crl_url else distribution_points(cert)
+        urls = [self.crl_url] if self.crl_url else _DISTRIBUTION_POINTS.get(cert, distribution_points)
         if not urls:
             raise StatusUnavailable(f"no CRL for {describe(cert)!r} (no distribution point, no crl_url)")
         problem: StatusUnavailable | None = None

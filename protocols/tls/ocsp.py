@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-from .cache import SharedCache, utcnow
+from .cache import IdentityMemo, SharedCache, utcnow
 from .chain import describe, issued_by, key_hash, verify_signature
 from .fetch import FetchError, http_post
 from .status import NotGood, StatusUnavailable
@@ -135,6 +135,10 @@ def verify_response(
     return OcspAnswer(single.certificate_status, this_update, next_update)
 
 
+def _fingerprint(cert: x509.Certificate) -> bytes:
+    return cert.fingerprint(hashes.SHA256())
+
+
 class OcspChecker:
     """OCSP for one listener: ``check(cert, issuer)`` returns when the certificate is good, raises
     NotGood (revoked / unknown) or StatusUnavailable."""
@@ -144,9 +148,10 @@ class OcspChecker:
         self.timeout = timeout
         self.nonce = nonce
         self.cache: SharedCache[OcspAnswer] = SharedCache()
+        self._issuer_ids: IdentityMemo[x509.Certificate, bytes] = IdentityMemo()
 
     def check(self, cert: x509.Certificate, issuer: x509.Certificate, role: str) -> None:
-        key = (issuer.fingerprint(hashes.SHA256()), cert.serial_number)
+        key = (self._issuer_ids.get(issuer, _fingerprint), cert.serial_number)
         answer = self.cache.get(key, lambda: self._fetch(cert, issuer))
         if answer.status == ocsp.OCSPCertStatus.REVOKED:
             raise NotGood(f"{role} revoked (OCSP)")
