@@ -56,8 +56,8 @@ class VerifiedPasswords:
     Only successes are kept, at most ``size`` (least recently used dropped first). An entry's key is an
     HMAC-SHA256 of the stored hash and the password under a random key made per instance, so the cache
     holds neither a password nor a fast hash that guesses could be tested against without that key. A
-    hash changed by a reload is part of the key: entries of the old one are never hit again, and
-    ``clear`` drops them all. ``slow`` runs the real check on a miss (a thread pool's apply keeps the
+    hash changed by a reload is part of the key: entries of the old one are never hit again (and age out).
+    ``slow`` runs the real check on a miss (a thread pool's apply keeps the
     event loop serving while it runs: CPython releases the GIL inside PBKDF2)."""
 
     def __init__(self, slow: Callable[[bytes, str], bool], size: int = 10_000) -> None:
@@ -77,6 +77,3 @@ class VerifiedPasswords:
         if len(self._ok) > self._size:
             self._ok.popitem(last=False)
         return True
-
-    def clear(self) -> None:
-        self._ok.clear()

@@ -26,7 +26,7 @@ import ctypes
 import ctypes.util
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
 import gevent
 
@@ -126,20 +126,19 @@ def sweep(connections: Callable[[], Iterable[Any]], park_after: float) -> None:
 TRIM_AFTER = 1000  # pumps parked by one sweep after which freed memory is handed back to the system
 
 
-def _malloc_trim() -> Callable[[], object] | None:
+def _malloc_trim() -> Any:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return cast(Callable[[], object], lambda: libc.malloc_trim(0))
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc: nothing to trim with
         return None
 
 
-_TRIM = _malloc_trim()
+_MALLOC_TRIM = _malloc_trim()
 
 
 def trim() -> None:
     """Hand the pages of freed memory back to the system (glibc ``malloc_trim``; a no-op elsewhere). A
     parked greenlet's saved stack was a few KiB of malloc'd memory each; without this the heap keeps the
     peak of a reconnect storm (every connection holding its greenlets) as RSS long after."""
-    if _TRIM is not None:
-        _TRIM()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
