@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tests.servers import REPO, free_port, wait_port
@@ -152,3 +153,17 @@ def _alive(pid: int) -> bool:
         return b"prosody" in Path(f"/proc/{pid}/cmdline").read_bytes()  # not a recycled PID
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def prosody_with_users(directory: Path, users: Mapping[str, str]) -> Iterator[Prosody]:
+    """A ``Prosody`` of its own in ``directory`` with ``users`` (name -> password) registered, stopped
+    on exit: for a test module that restarts it or needs its component connection to itself."""
+    server = Prosody(directory)
+    server.start()
+    try:
+        for name, password in users.items():
+            server.register(name, password)
+        yield server
+    finally:
+        server.stop()

@@ -32,7 +32,7 @@ from ferryman.actors.asyncio_host import AsyncioHost
 from tests.integration.test_bridge_e2e import CONFIG, login, mosquitto_pub, reply, say, until_answered
 from tests.integration.test_bridge_restarts import logout
 from tests.integration.test_prosody import USERS, Client
-from tests.prosody import Prosody
+from tests.prosody import Prosody, prosody_with_users
 from tests.redis_server import RedisServer
 from tests.servers import GatewayProcess, Mosquitto
 
@@ -51,13 +51,8 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
 @pytest.fixture(scope="module")
 def own_xmpp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prosody]:
     """A prosody of this module only: one connection per XEP-0114 component, whoever else runs tests."""
-    server = Prosody(tmp_path_factory.mktemp("failover-prosody"))
-    server.start()
-    try:
-        server.register("alice", USERS["alice"])
+    with prosody_with_users(tmp_path_factory.mktemp("failover-prosody"), {"alice": USERS["alice"]}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from ferryman.actors.asyncio_host import AsyncioHost
 from tests.integration.test_bridge_e2e import CONFIG, login, mosquitto_pub, reply, say, until_answered
 from tests.integration.test_prosody import USERS, Client
-from tests.prosody import Prosody
+from tests.prosody import Prosody, prosody_with_users
 from tests.servers import GatewayProcess, Mosquitto
 
 DELIVERY_LIMIT = 30.0  # safety limit for a delivery to come back after a restart
@@ -32,13 +32,8 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
 @pytest.fixture(scope="module")
 def own_xmpp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prosody]:
     """A prosody of this module only (same ports across restarts; its data dir is fresh per start)."""
-    server = Prosody(tmp_path_factory.mktemp("restart-prosody"))
-    server.start()
-    try:
-        server.register("alice", USERS["alice"])
+    with prosody_with_users(tmp_path_factory.mktemp("restart-prosody"), {"alice": USERS["alice"]}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 class Bridge:
